@@ -1,0 +1,9 @@
+//! Numeric core of `lorax_core`, free of any Python dependency.
+//!
+//! Every fallible entry point returns [`error::Result`]; nothing in this crate
+//! panics on user input, so the bindings crate can map every failure to a
+//! Python exception.
+
+pub mod error;
+
+pub use error::{LoraxError, Result};

