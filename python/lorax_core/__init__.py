@@ -4,5 +4,25 @@ The public API is re-exported here; each method lives in its own subpackage.
 """
 
 from lorax_core._core import __version__
+from lorax_core.adapters import (
+    AdapterConfig,
+    inject,
+    load_adapter,
+    merge,
+    merged_state_dict,
+    save_adapter,
+    trainable_parameters,
+    unmerge,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "AdapterConfig",
+    "__version__",
+    "inject",
+    "load_adapter",
+    "merge",
+    "merged_state_dict",
+    "save_adapter",
+    "trainable_parameters",
+    "unmerge",
+]

@@ -1,0 +1,37 @@
+"""Low-rank adapters for ``nn.Linear``: LoRA, SLoRA, DoRA and the SVD form; injection into
+models, merge/unmerge, and safetensors save/load."""
+
+from lorax_core.adapters.config import AdapterConfig
+from lorax_core.adapters.dora import DoraLinear
+from lorax_core.adapters.inject import (
+    TrainableCounts,
+    adapted_modules,
+    adapter_config,
+    inject,
+    trainable_parameters,
+)
+from lorax_core.adapters.io import load_adapter, save_adapter
+from lorax_core.adapters.layer import AdapterLinear
+from lorax_core.adapters.lora import LoraLinear
+from lorax_core.adapters.merge import merge, merged_state_dict, unmerge
+from lorax_core.adapters.slora import SLoraLinear
+from lorax_core.adapters.svd import SVDLinear
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterLinear",
+    "DoraLinear",
+    "LoraLinear",
+    "SLoraLinear",
+    "SVDLinear",
+    "TrainableCounts",
+    "adapted_modules",
+    "adapter_config",
+    "inject",
+    "load_adapter",
+    "merge",
+    "merged_state_dict",
+    "save_adapter",
+    "trainable_parameters",
+    "unmerge",
+]

@@ -1,0 +1,211 @@
+"""Put adapters into a model: select ``nn.Linear`` modules by name, replace, freeze the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from lorax_core.adapters.config import AdapterConfig
+from lorax_core.adapters.dora import DoraLinear
+from lorax_core.adapters.layer import AdapterLinear
+from lorax_core.adapters.lora import LoraLinear
+from lorax_core.adapters.patterns import matches_module_list, module_selected, pattern_key
+from lorax_core.adapters.slora import SLoraLinear
+from lorax_core.adapters.svd import SVDLinear
+
+__all__ = [
+    "TrainableCounts",
+    "adapted_modules",
+    "adapter_config",
+    "build_layer",
+    "inject",
+    "trainable_parameters",
+]
+
+# Attribute under which ``inject`` records the config on the model (read by save_adapter).
+CONFIG_ATTR = "lorax_adapter_config"
+
+
+@runtime_checkable
+class _ConvertsToConfig(Protocol):
+    """Anything with ``to_adapter_config`` — a GeLoRA ``RankPlan``."""
+
+    def to_adapter_config(self, **overrides: Any) -> AdapterConfig: ...
+
+
+@dataclass(frozen=True)
+class TrainableCounts:
+    """Parameter counts of a model: ``trainable`` of ``total`` (shared parameters counted once)."""
+
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """``trainable / total`` (0 for an empty model)."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} || "
+            f"trainable%: {100 * self.fraction:.4f}"
+        )
+
+
+def trainable_parameters(model: nn.Module) -> TrainableCounts:
+    """Count the parameters of ``model`` that require grad, and all of them."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return TrainableCounts(trainable, total)
+
+
+def adapted_modules(model: nn.Module) -> dict[str, AdapterLinear]:
+    """The adapter layers of ``model`` by full module name, in ``named_modules`` order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
+
+
+def adapter_config(model: nn.Module) -> AdapterConfig:
+    """The config ``inject`` (or ``load_adapter``) used on ``model``."""
+    config = getattr(model, CONFIG_ATTR, None)
+    if not isinstance(config, AdapterConfig):
+        raise ValueError("model has no adapters injected by lorax_core.inject")
+    return config
+
+
+def build_layer(config: AdapterConfig, name: str, module: nn.Linear) -> AdapterLinear:
+    """The adapter layer ``config`` prescribes for module ``name`` (default init, seeded)."""
+    r, alpha = config.rank_for(name), config.alpha_for(name)
+    generator = torch.Generator().manual_seed(config.module_seed(name))
+    common: dict[str, Any] = {
+        "dropout": config.dropout,
+        "use_rslora": config.use_rslora,
+        "autocast_adapter_dtype": config.autocast_adapter_dtype,
+        "generator": generator,
+    }
+    if config.method == "lora":
+        return LoraLinear(module, r, alpha, **common)
+    if config.method == "slora":
+        return SLoraLinear(module, r, alpha, train=config.train, **common)
+    if config.method == "dora":
+        return DoraLinear(module, r, alpha, detach_norm=config.detach_norm, **common)
+    return SVDLinear(module, r, alpha, r_max=config.r_max, **common)
+
+
+def _resolve(config_or_plan: object, overrides: dict[str, Any]) -> AdapterConfig:
+    if isinstance(config_or_plan, AdapterConfig):
+        return dataclasses.replace(config_or_plan, **overrides) if overrides else config_or_plan
+    if isinstance(config_or_plan, _ConvertsToConfig):
+        config = config_or_plan.to_adapter_config(**overrides)
+        if not isinstance(config, AdapterConfig):
+            raise TypeError(
+                f"to_adapter_config returned {type(config).__name__}, not AdapterConfig"
+            )
+        return config
+    raise TypeError(
+        "config_or_plan must be an AdapterConfig or have a to_adapter_config method (RankPlan), "
+        f"got {type(config_or_plan).__name__}"
+    )
+
+
+def select_modules(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Linear]:
+    """The modules ``config`` targets, validated: every target entry and every rank/alpha
+    pattern key must match something, and every match must be an ``nn.Linear``."""
+    names = [name for name, _ in model.named_modules() if name]
+    targets = config.target_modules
+    assert targets is not None  # AdapterConfig guarantees it
+    selected = {
+        n: model.get_submodule(n)
+        for n in names
+        if module_selected(targets, config.exclude_modules, n)
+    }
+    linear = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    hint = f"; nn.Linear modules of the model include {linear[:6]}"
+    if isinstance(targets, str):
+        if not selected:
+            raise ValueError(f"target_modules regex {targets!r} matches no module{hint}")
+    else:
+        for entry in targets:
+            if not any(matches_module_list([entry], n) for n in selected):
+                raise ValueError(f"target_modules entry {entry!r} matches no module{hint}")
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(config, field) or {}:
+            if not any(pattern_key([key], n) is not None for n in selected):
+                raise ValueError(f"{field} key {key!r} matches no targeted module")
+    wrong = {n: type(m).__name__ for n, m in selected.items() if not isinstance(m, nn.Linear)}
+    if wrong:
+        raise ValueError(f"target_modules selects modules that are not nn.Linear: {wrong}")
+    return selected  # type: ignore[return-value]
+
+
+def inject(model: nn.Module, config_or_plan: object, **overrides: Any) -> nn.Module:
+    """Replace the targeted ``nn.Linear`` modules of ``model`` by adapters, in place.
+
+    ``config_or_plan`` is an :class:`AdapterConfig` (``overrides`` replace its fields) or a GeLoRA
+    ``RankPlan`` (``plan.to_adapter_config(**overrides)`` is used, after the plan's
+    ``validate_for(model)`` if it has one). Every other parameter of
+    the model is frozen. Non-default inits are delegated to ``lorax_core.init.initialize``.
+    Returns ``model``.
+    """
+    config = _resolve(config_or_plan, overrides)
+    validate_for = getattr(config_or_plan, "validate_for", None)
+    if callable(validate_for):  # a RankPlan checks module names and shapes against the model
+        validate_for(model)
+    _inject(model, config, initialise=True)
+    return model
+
+
+def _inject(
+    model: nn.Module, config: AdapterConfig, *, initialise: bool
+) -> dict[str, AdapterLinear]:
+    """``inject`` with the initialiser optional; returns the installed layers."""
+    layers = build_layers(model, config, initialise=initialise)
+    install_layers(model, config, layers)
+    return layers
+
+
+def build_layers(
+    model: nn.Module, config: AdapterConfig, *, initialise: bool
+) -> dict[str, AdapterLinear]:
+    """Validate and build the adapter layers for ``model`` without installing them.
+
+    The model is unchanged, except that an initialiser with a residual (nystrom, pissa) edits
+    the base weights it wraps.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    existing = adapted_modules(model)
+    if existing:
+        raise ValueError(f"model already has adapters (e.g. {next(iter(existing))!r})")
+    selected = select_modules(model, config)
+    layers = {name: build_layer(config, name, module) for name, module in selected.items()}
+    if initialise and config.init != "default":
+        from lorax_core.init import initialize
+
+        options = config.init_options or {}
+        for name, layer in layers.items():
+            initialize(layer, config.init, seed=config.module_seed(name), **options)
+    return layers
+
+
+def install_layers(
+    model: nn.Module, config: AdapterConfig, layers: dict[str, AdapterLinear]
+) -> None:
+    """Put ``layers`` in place of their modules, freeze the rest, record ``config``."""
+    for name, layer in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer)
+    model.requires_grad_(False)
+    for layer in layers.values():
+        layer.set_trainable()
+    setattr(model, CONFIG_ATTR, config)

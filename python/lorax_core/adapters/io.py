@@ -1,0 +1,275 @@
+"""Save and load adapters: ``adapter_model.safetensors`` + ``adapter_config.json``, atomically.
+
+Files in the adapter directory:
+
+- ``adapter_model.safetensors`` — only adapter tensors, keys ``<module>.<param>`` (``lora_A``,
+  ``lora_B``, ``lora_N``, ``lora_E``, ``lora_magnitude``) and, for residual inits, the initial
+  factors ``<module>.init_lora_A`` / ``init_lora_B`` / ``init_lora_N``.
+- ``adapter_config.json`` — format name and version, ``config`` (``AdapterConfig.to_dict()``),
+  per-module method, rank, alpha, shapes and (SVD form) ``active_rank`` / ``capacity``, and
+  the SHA-256 of the weights file.
+
+Each file is written to a temporary name in the same directory, fsynced and renamed over the
+target, weights first. A save killed at any point leaves either the previous pair or a weights
+file whose checksum the JSON does not match, and ``load_adapter`` refuses that.
+
+Residual inits (nystrom, pissa): the saved init factors let ``load_adapter`` rebuild the
+residual base weight. Loading into a model without adapters applies
+``W ← W − low_rank_product(init_lora_A, init_lora_B[, init_lora_N])`` to the pristine base
+weights, which is exactly what the initialiser did, so the loaded model equals the saved one.
+Loading into a model that already has adapters replaces adapter tensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
+from lorax_core.adapters.inject import (
+    adapted_modules,
+    adapter_config,
+    build_layers,
+    install_layers,
+)
+from lorax_core.adapters.layer import AdapterLinear
+from lorax_core.adapters.svd import SVDLinear
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+FORMAT = "lorax_core.adapter"
+FORMAT_VERSION = 1
+# Buffers holding the initial factors of residual inits (registered by lorax_core.init).
+INIT_BUFFERS = ("init_lora_A", "init_lora_B", "init_lora_N")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename durable (POSIX)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _module_record(layer: AdapterLinear) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "method": layer.method,
+        "r": layer.r,
+        "alpha": layer.alpha,
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+    }
+    if isinstance(layer, SVDLinear):
+        record["capacity"] = layer.capacity
+        record["active_rank"] = layer.active_rank
+    return record
+
+
+def _adapter_tensors(layers: dict[str, AdapterLinear]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in layers.items():
+        for pname, param in layer.adapter_parameters().items():
+            tensors[f"{name}.{pname}"] = param.detach().cpu().contiguous()
+        for bname in INIT_BUFFERS:
+            buffer = layer._buffers.get(bname)
+            if buffer is not None:
+                tensors[f"{name}.{bname}"] = buffer.detach().cpu().contiguous()
+    return tensors
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write the adapters of ``model`` to ``directory`` (created if needed); returns its path."""
+    layers = adapted_modules(model)
+    if not layers:
+        raise ValueError("model has no adapter layers to save")
+    config = adapter_config(model)
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"directory {str(path)!r} exists and is not a directory")
+    weights = save_safetensors(_adapter_tensors(layers), metadata={"format": "pt"})
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "modules": {name: _module_record(layer) for name, layer in layers.items()},
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    try:
+        text = json.dumps(document, indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"config is not JSON-serialisable (check init_options): {err}") from err
+    path.mkdir(parents=True, exist_ok=True)
+    write_atomic(path / WEIGHTS_NAME, weights)
+    write_atomic(path / CONFIG_NAME, text.encode())
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse and cross-check the two files of an adapter directory."""
+    config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for file in (config_path, weights_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"no {file.name} in adapter directory {str(path)!r}")
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{CONFIG_NAME} is not valid JSON: {err}") from err
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{CONFIG_NAME} is not a lorax_core adapter config")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{CONFIG_NAME} has format_version {document.get('format_version')!r}; "
+            f"this version reads {FORMAT_VERSION}"
+        )
+    if not isinstance(document.get("modules"), dict) or not document["modules"]:
+        raise ValueError(f"{CONFIG_NAME} lists no modules")
+    weights = weights_path.read_bytes()
+    if hashlib.sha256(weights).hexdigest() != document.get("weights_sha256"):
+        raise ValueError(
+            f"{WEIGHTS_NAME} does not match {CONFIG_NAME} (checksum differs): the save was "
+            "interrupted or the files come from different saves"
+        )
+    try:
+        tensors = load_safetensors(weights)
+    except Exception as err:  # safetensors raises its own error types for malformed files
+        raise ValueError(f"{WEIGHTS_NAME} is not a valid safetensors file: {err}") from err
+    return document, tensors
+
+
+def _check_modules(document: dict[str, Any], layers: dict[str, AdapterLinear]) -> None:
+    """The file's modules must be the model's adapted modules, with the same form and shapes."""
+    saved = document["modules"]
+    missing, unexpected = sorted(set(layers) - set(saved)), sorted(set(saved) - set(layers))
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter modules differ from the model's: missing in file {missing[:5]}, "
+            f"not adapted in model {unexpected[:5]}"
+        )
+    for name, layer in layers.items():
+        record = saved[name]
+        mine = _module_record(layer)
+        for field in ("method", "r", "alpha", "in_features", "out_features", "capacity"):
+            if field in mine and record.get(field) != mine[field]:
+                raise ValueError(
+                    f"module {name!r}: saved {field}={record.get(field)!r}, "
+                    f"the model has {mine[field]!r}"
+                )
+
+
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], layers: dict[str, AdapterLinear], residual: bool
+) -> None:
+    """Every adapter parameter present with its shape; init factors only where allowed."""
+    expected: dict[str, tuple[int, ...]] = {}
+    for name, layer in layers.items():
+        for pname, param in layer.adapter_parameters().items():
+            expected[f"{name}.{pname}"] = tuple(param.shape)
+            if residual:
+                init_name = f"{name}.init_{pname}"
+                if pname in ("lora_A", "lora_B", "lora_N") and init_name not in tensors:
+                    raise ValueError(f"residual-init adapter lacks {init_name!r}")
+                if init_name in tensors:
+                    expected[init_name] = tuple(param.shape)
+    for key in tensors:
+        module, _, leaf = key.rpartition(".")
+        if key not in expected and module in layers and leaf in INIT_BUFFERS:
+            expected[key] = tuple(getattr(layers[module], leaf[len("init_") :]).shape)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{WEIGHTS_NAME}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}"
+        )
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(
+                f"{WEIGHTS_NAME}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                f"the model expects {shape}"
+            )
+
+
+@torch.no_grad()
+def _copy_in(
+    tensors: dict[str, torch.Tensor], layers: dict[str, AdapterLinear], saved: dict[str, Any]
+) -> None:
+    for name, layer in layers.items():
+        for pname, param in layer.adapter_parameters().items():
+            param.copy_(tensors[f"{name}.{pname}"])
+        device = layer.base_layer.weight.device
+        for bname in INIT_BUFFERS:
+            if f"{name}.{bname}" in tensors:
+                layer.register_buffer(bname, tensors[f"{name}.{bname}"].to(device))
+        if isinstance(layer, SVDLinear):
+            layer.set_active_rank(int(saved[name].get("active_rank", layer.r)))
+
+
+@torch.no_grad()
+def _apply_residual(layers: dict[str, AdapterLinear]) -> None:
+    """``W ← W − s·B0 [N0] A0`` from the init buffers, as the residual initialiser did."""
+    for layer in layers.values():
+        n0 = layer._buffers.get("init_lora_N")
+        product = layer.low_rank_product(
+            layer.get_buffer("init_lora_A"), layer.get_buffer("init_lora_B"), n0
+        )
+        layer.base_layer.weight.sub_(product)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load adapters saved by :func:`save_adapter` into ``model``; returns ``model``.
+
+    A model without adapters is injected with the saved config first (base weights of
+    residual inits rebuilt from the saved init factors); a model with adapters must have the
+    same method, modules and shapes, and only its adapter tensors are replaced. Everything is
+    validated before the model is modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    document, tensors = _read(Path(directory))
+    config = AdapterConfig.from_dict(document.get("config") or {})
+    existing = adapted_modules(model)
+    fresh = not existing
+    if fresh:
+        layers = build_layers(model, config, initialise=False)
+    else:
+        if adapter_config(model).method != config.method:
+            raise ValueError(
+                f"saved method {config.method!r} differs from the model's "
+                f"{adapter_config(model).method!r}"
+            )
+        layers = existing
+        if any(layer.merged for layer in layers.values()):
+            raise ValueError("model has merged adapters; unmerge it before load_adapter")
+    residual = fresh and config.init in RESIDUAL_INITS
+    _check_modules(document, layers)
+    _check_tensors(tensors, layers, residual)
+    _copy_in(tensors, layers, document["modules"])
+    if fresh:
+        if residual:
+            _apply_residual(layers)
+        install_layers(model, config, layers)
+    return model
