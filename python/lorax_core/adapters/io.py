@@ -225,7 +225,7 @@ def _copy_in(
             if f"{name}.{bname}" in tensors:
                 layer.register_buffer(bname, tensors[f"{name}.{bname}"].to(device))
         if isinstance(layer, SVDLinear):
-            layer.set_active_rank(int(saved[name].get("active_rank", layer.r)))
+            layer.set_extra_state(saved[name].get("active_rank", layer.r))
 
 
 @torch.no_grad()

@@ -1,0 +1,296 @@
+"""save_adapter / load_adapter: bit-exact round trips, atomic writes, validation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from lorax_core.adapters import (
+    AdapterConfig,
+    SVDLinear,
+    adapted_modules,
+    inject,
+    load_adapter,
+    merge,
+    save_adapter,
+)
+from lorax_core.adapters import io as adapter_io
+
+
+@pytest.fixture(scope="module")
+def pristine(minilm_dir) -> nn.Module:  # type: ignore[no-untyped-def]
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(minilm_dir)).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(minilm_tokenizer) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    texts = ["Shares rose sharply in early trading.", "The match ended in a draw."]
+    return dict(minilm_tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def _train_a_little(model: nn.Module, seed: int) -> None:
+    """Random, non-zero values for every adapter tensor (as after some training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in adapted_modules(model).values():
+            for p in layer.adapter_parameters().values():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def _adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+CONFIGS = {
+    "lora": AdapterConfig("lora", r=4, target_modules=["query", "value"]),
+    "slora": AdapterConfig("slora", r=3, target_modules=["query"], train="intermediate"),
+    "dora": AdapterConfig("dora", r=4, target_modules=["query"], rank_pattern={"layer.0.*": 2}),
+    "svd": AdapterConfig("svd", r=4, r_max=6, target_modules=["value"], alpha=8.0),
+}
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_round_trip_is_bit_exact(pristine: nn.Module, batch, tmp_path: Path, method: str) -> None:  # type: ignore[no-untyped-def]
+    model = inject(copy.deepcopy(pristine), CONFIGS[method])
+    _train_a_little(model, seed=1)
+    if method == "svd":
+        layers = list(adapted_modules(model).values())
+        layers[0].set_active_rank(6)  # type: ignore[operator]
+        layers[1].set_active_rank(2)  # type: ignore[operator]
+    save_adapter(model, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    stored = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert stored.keys() == _adapter_state(model).keys()  # only adapter tensors
+
+    loaded = load_adapter(copy.deepcopy(pristine), tmp_path / "adapter")
+    for key, value in _adapter_state(model).items():
+        assert torch.equal(_adapter_state(loaded)[key], value), key
+    assert torch.equal(loaded(**batch).last_hidden_state, model(**batch).last_hidden_state)
+    mine = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert {n: p.requires_grad for n, p in loaded.named_parameters()} == mine
+    if method == "svd":
+        ranks = [m.active_rank for m in adapted_modules(loaded).values()]  # type: ignore[union-attr]
+        assert ranks[:2] == [6, 2] and all(
+            isinstance(m, SVDLinear) for m in adapted_modules(loaded).values()
+        )
+
+    # Loading into an already adapted model replaces its adapter tensors.
+    other = inject(copy.deepcopy(pristine), CONFIGS[method])
+    load_adapter(other, tmp_path / "adapter")
+    assert torch.equal(other(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
+def test_config_file_records_modules(pristine: nn.Module, tmp_path: Path) -> None:
+    model = inject(copy.deepcopy(pristine), CONFIGS["dora"])
+    save_adapter(model, tmp_path)
+    doc = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert doc["format_version"] == 1
+    assert AdapterConfig.from_dict(doc["config"]) == CONFIGS["dora"]
+    assert doc["modules"]["encoder.layer.0.attention.self.query"]["r"] == 2
+    assert doc["modules"]["encoder.layer.1.attention.self.query"] == {
+        "method": "dora",
+        "r": 4,
+        "alpha": 16.0,
+        "in_features": 384,
+        "out_features": 384,
+    }
+
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def _small_adapted(seed: int) -> nn.Module:
+    model = inject(_small_model(), AdapterConfig("lora", r=2, target_modules=["0", "2"]))
+    _train_a_little(model, seed)
+    return model
+
+
+def test_interrupted_write_keeps_previous_save(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    first = _small_adapted(seed=1)
+    save_adapter(first, tmp_path)
+    real_fsync = os.fsync
+
+    def fail(fd: int) -> None:
+        real_fsync(fd)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(adapter_io.os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(_small_adapted(seed=2), tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]  # the temporary file was removed, the previous pair is intact
+    loaded = load_adapter(_small_model(), tmp_path)
+    for key, value in _adapter_state(first).items():
+        assert torch.equal(_adapter_state(loaded)[key], value)
+
+
+def test_interrupted_first_save_leaves_nothing_loadable(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def fail(src: str, dst: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapter_io.os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(_small_adapted(seed=1), tmp_path)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json"):
+        load_adapter(_small_model(), tmp_path)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from torch import nn
+    from lorax_core.adapters import AdapterConfig, adapted_modules, inject, save_adapter
+    from lorax_core.adapters import io as adapter_io
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    inject(model, AdapterConfig("lora", r=2, target_modules=["0", "2"]))
+    with torch.no_grad():
+        for layer in adapted_modules(model).values():
+            layer.lora_B.fill_(float(sys.argv[2]))
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    adapter_io.os.replace = replace_then_die
+    save_adapter(model, sys.argv[1])
+    """
+)
+
+
+def _save_in_child(directory: Path, value: float, die_at_replace: int) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(directory), str(value), str(die_at_replace)],
+        capture_output=True,
+        timeout=300,
+    )
+    return proc.returncode
+
+
+def test_killed_save_is_never_loadable(tmp_path: Path) -> None:
+    """A process killed (SIGKILL, no clean-up) between the two renames of an overwrite."""
+    save_adapter(_small_adapted(seed=1), tmp_path)  # a complete save
+    assert _save_in_child(tmp_path, 0.25, die_at_replace=2) == -9  # dies before the JSON rename
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # no clean-up happened
+    with pytest.raises(ValueError, match="checksum differs"):
+        load_adapter(_small_model(), tmp_path)
+
+
+def _saved(tmp_path: Path) -> Path:
+    save_adapter(_small_adapted(seed=3), tmp_path)
+    return tmp_path
+
+
+def _edit_json(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads((path / "adapter_config.json").read_text())
+    edit(doc)
+    (path / "adapter_config.json").write_text(json.dumps(doc))
+
+
+def test_load_rejects_mismatches(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    wrong_rank = inject(_small_model(), AdapterConfig("lora", r=3, target_modules=["0", "2"]))
+    with pytest.raises(ValueError, match="saved r=2, the model has 3"):
+        load_adapter(wrong_rank, path)
+    wrong_method = inject(_small_model(), AdapterConfig("dora", r=2, target_modules=["0", "2"]))
+    with pytest.raises(ValueError, match="saved method 'lora' differs"):
+        load_adapter(wrong_method, path)
+    fewer = inject(_small_model(), AdapterConfig("lora", r=2, target_modules=["0"]))
+    with pytest.raises(ValueError, match=r"missing in file \[\], not adapted in model \['2'\]"):
+        load_adapter(fewer, path)
+    other_model = nn.Sequential(nn.Linear(8, 16))
+    with pytest.raises(ValueError, match="target_modules entry '2' matches no module"):
+        load_adapter(other_model, path)
+    assert not adapted_modules(other_model)
+    wider = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    with pytest.raises(ValueError, match="saved out_features=16, the model has 32"):
+        load_adapter(wider, path)
+    assert not adapted_modules(wider)  # validated before any change
+    merged = merge(inject(_small_model(), AdapterConfig("lora", r=2, target_modules=["0", "2"])))
+    with pytest.raises(ValueError, match="unmerge it before load_adapter"):
+        load_adapter(merged, path)
+
+
+def test_load_rejects_bad_files(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+        load_adapter("model", path)  # type: ignore[arg-type]
+    _edit_json(path, lambda d: d.update(format_version=99))
+    with pytest.raises(ValueError, match="format_version 99"):
+        load_adapter(_small_model(), path)
+    path = _saved(tmp_path)
+    _edit_json(path, lambda d: d["config"].update(method="lorax"))
+    with pytest.raises(ValueError, match="method must be one of"):
+        load_adapter(_small_model(), path)
+    path = _saved(tmp_path)
+    (path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_adapter(_small_model(), path)
+    path = _saved(tmp_path)
+    weights = path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])  # truncated
+    with pytest.raises(ValueError, match="checksum differs"):
+        load_adapter(_small_model(), path)
+    # A file whose checksum matches but whose tensors do not fit.
+    path = _saved(tmp_path)
+    from safetensors.torch import save
+
+    blob = save({"0.lora_A": torch.zeros(5, 8), "0.lora_B": torch.zeros(16, 2)})
+    weights.write_bytes(blob)
+    _edit_json(
+        path, lambda d: d.update(weights_sha256=__import__("hashlib").sha256(blob).hexdigest())
+    )
+    with pytest.raises(ValueError, match=r"missing tensors \['2.lora_A', '2.lora_B'\]"):
+        load_adapter(_small_model(), path)
+    with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json"):
+        load_adapter(_small_model(), tmp_path / "absent")
+    with pytest.raises(ValueError, match="no adapter layers to save"):
+        save_adapter(_small_model(), tmp_path / "x")
+
+
+def test_residual_init_reloads_to_the_saved_model(
+    pristine: nn.Module, batch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    init = pytest.importorskip("lorax_core.init")
+    if not hasattr(init, "initialize"):
+        pytest.skip("lorax_core.init.initialize not available")
+    config = AdapterConfig("slora", r=4, init="nystrom", target_modules=["query"])
+    model = inject(copy.deepcopy(pristine), config)
+    _train_a_little(model, seed=4)
+    save_adapter(model, tmp_path)
+    loaded = load_adapter(copy.deepcopy(pristine), tmp_path)
+    for name, layer in adapted_modules(model).items():
+        twin = adapted_modules(loaded)[name]
+        torch.testing.assert_close(
+            twin.base_layer.weight, layer.base_layer.weight, rtol=0, atol=1e-6
+        )
+    torch.testing.assert_close(
+        loaded(**batch).last_hidden_state, model(**batch).last_hidden_state, rtol=1e-5, atol=1e-5
+    )
