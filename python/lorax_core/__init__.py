@@ -14,10 +14,13 @@ from lorax_core.adapters import (
     trainable_parameters,
     unmerge,
 )
+from lorax_core.integrations.peft import export_peft, import_peft
 
 __all__ = [
     "AdapterConfig",
     "__version__",
+    "export_peft",
+    "import_peft",
     "inject",
     "load_adapter",
     "merge",
