@@ -282,3 +282,16 @@ def test_peft_gets_exactly_the_planned_ranks(minilm: torch.nn.Module) -> None:
         plan.to_peft_config(target_modules=["query"])
     with pytest.raises(ValueError, match="no modules"):
         plan_ranks([1.0, 2.0], None, None).to_peft_config()
+
+
+def test_lorax_adapters_get_exactly_the_planned_ranks(minilm: torch.nn.Module) -> None:
+    from lorax_core.adapters import adapted_modules, inject
+
+    plan = profile_plan(minilm)
+    config = plan.to_adapter_config("slora", dropout=0.0)
+    assert (config.method, config.r, config.alpha) == ("slora", 1, 32.0)
+    inject(minilm, plan)
+    adapted = adapted_modules(minilm)
+    assert set(adapted) == set(plan.modules)
+    for name, module in adapted.items():
+        assert (module.r, module.scaling) == (plan.modules[name].rank, 32.0)
