@@ -107,6 +107,10 @@ FORMS: dict[str, Callable[[nn.Module], object]] = {
     "dora": lambda m: AdapterConfig(method="dora", r=4, alpha=8, target_modules=TARGETS),
     "svd": lambda m: AdapterConfig(method="svd", r=6, alpha=12, r_max=8, target_modules=TARGETS),
     "gelora": _gelora_plan,
+    # Residual inits: W holds W − s·B0 N0 A0; the export is a rank-2r LoRA on the original W.
+    "lora_pissa": lambda m: AdapterConfig(
+        method="lora", r=4, alpha=8, target_modules=TARGETS, init="pissa"
+    ),
 }
 
 
@@ -122,10 +126,10 @@ def adapted(request: pytest.FixtureRequest, base: nn.Module, batch: dict[str, to
 
 
 def _exported_rank(layer: AdapterLinear) -> int:
-    """Rank the export must have: SVD keeps active non-zero E, others their r."""
+    """Rank the export must have: SVD keeps active non-zero E, residual inits 2r, others r."""
     if isinstance(layer, SVDLinear):
         return int((layer.lora_E[: layer.active_rank] != 0).sum())
-    return layer.r
+    return 2 * layer.r if "init_lora_A" in layer.state_dict() else layer.r
 
 
 def _expected_keys(model: nn.Module, dora: bool) -> set[str]:
@@ -250,19 +254,28 @@ def _peft_scaling(config: dict[str, Any], name: str) -> float:
 
 @given(
     method=st.sampled_from(["lora", "slora", "svd"]),
-    ranks=st.lists(st.integers(1, 5), min_size=3, max_size=3),
+    residual=st.booleans(),
+    ranks=st.lists(st.integers(1, 4), min_size=3, max_size=3),
     alphas=st.lists(st.floats(0.5, 64.0), min_size=3, max_size=3),
     use_rslora=st.booleans(),
     mode=st.sampled_from(["compact", "universal"]),
     seed=st.integers(0, 2**16),
 )
-def test_exported_delta_is_ours(
-    method: str, ranks: list[int], alphas: list[float], use_rslora: bool, mode: str, seed: int
+def test_exported_delta_is_the_change_from_the_original_weights(
+    method: str,
+    residual: bool,
+    ranks: list[int],
+    alphas: list[float],
+    use_rslora: bool,
+    mode: str,
+    seed: int,
 ) -> None:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
     names = ["0", "2", "4"]
+    original = {n: model.get_submodule(n).weight.detach().double().clone() for n in names}
     config = AdapterConfig(
+        init="pissa" if residual and method != "svd" else "default",
         method=method,
         r=ranks[0],
         alpha=alphas[0],
@@ -287,8 +300,8 @@ def test_exported_delta_is_ours(
         A = tensors[f"{PREFIX}{name}.lora_A.weight"].double()
         B = tensors[f"{PREFIX}{name}.lora_B.weight"].double()
         delta = _peft_scaling(written, name) * (B @ A)
-        expected = layer.delta_weight().double()
-        torch.testing.assert_close(delta, expected, atol=1e-6, rtol=1e-5)
+        adapted_weight = layer.base_layer.weight.double() + layer.delta_weight().double()
+        torch.testing.assert_close(delta, adapted_weight - original[name], atol=1e-6, rtol=1e-5)
 
 
 # -- bad input ----------------------------------------------------------------------------------
