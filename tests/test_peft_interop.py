@@ -271,9 +271,10 @@ def test_exported_delta_is_the_change_from_the_original_weights(
     seed: int,
 ) -> None:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+    linears = [nn.Linear(7, 6), nn.Linear(6, 5), nn.Linear(5, 4)]
+    model = nn.Sequential(linears[0], nn.Tanh(), linears[1], nn.Tanh(), linears[2])
     names = ["0", "2", "4"]
-    original = {n: model.get_submodule(n).weight.detach().double().clone() for n in names}
+    original = {n: m.weight.detach().double().clone() for n, m in zip(names, linears, strict=True)}
     config = AdapterConfig(
         init="pissa" if residual and method != "svd" else "default",
         method=method,
