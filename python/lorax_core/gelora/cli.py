@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo", action="store_true", help="profile all-MiniLM-L6-v2 on BBC News paragraphs"
     )
-    p.add_argument("--estimator", choices=ESTIMATORS, default="twonn")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="twonn", help="ID estimator")
     p.add_argument("--k", type=int, default=20, help="neighbours for --estimator mle")
     p.add_argument(
         "--bootstrap",
@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         default=20,
         help="bootstrap resamples for the ID intervals (0: none)",
     )
-    p.add_argument("--pooling", choices=POOLINGS, default="mean")
+    p.add_argument(
+        "--pooling", choices=POOLINGS, default="mean", help="how token states become rows"
+    )
     p.add_argument(
         "--n-samples",
         type=int,
@@ -78,12 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--budget", help="total LoRA parameters, or uniform:<r>; solves for c")
     p.add_argument("--c", type=float, default=1.0, help="rank per unit of ID increase")
-    p.add_argument("--offset", type=int, default=1)
+    p.add_argument("--offset", type=int, default=1, help="added to every rank")
     p.add_argument("--rank-min", type=int, default=1)
     p.add_argument("--rank-max", type=int)
-    p.add_argument("--alpha-over-r", type=float, default=32.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--alpha-over-r", type=float, default=32.0, help="alpha = this × rank")
+    p.add_argument("--seed", type=int, default=0, help="seeds the text sample and bootstrap")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example")
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of d_i and r_i here")
