@@ -14,17 +14,21 @@ from lorax_core.adapters import (
     trainable_parameters,
     unmerge,
 )
+from lorax_core.gelora import RankPlan, capture_hidden_states, plan_ranks
 from lorax_core.integrations.peft import export_peft, import_peft
 
 __all__ = [
     "AdapterConfig",
+    "RankPlan",
     "__version__",
+    "capture_hidden_states",
     "export_peft",
     "import_peft",
     "inject",
     "load_adapter",
     "merge",
     "merged_state_dict",
+    "plan_ranks",
     "save_adapter",
     "trainable_parameters",
     "unmerge",
