@@ -44,6 +44,8 @@ def test_rank_rule_by_hand() -> None:
     clamped = plan_ranks(d, shapes, ["query"], rank_min=2, rank_max=5)
     assert [layer.rank for layer in clamped.layers] == [None, 4, 2, 5, 2, 5]
     assert set(clamped.modules) == {f"encoder.layer.{i}.attention.query" for i in range(5)}
+    as_array = plan_ranks(np.array(d, dtype=np.float32), shapes, None)
+    assert [layer.rank for layer in as_array.layers] == [None, 4, 1, 5, 1, 6]
     half = plan_ranks(d, shapes, ["query"], c=0.5, offset=0, alpha_over_r=2)
     # ceil(0.5·[2.5, 0, 3.2, 0, 4.8]) + 0 = [2, 0, 2, 0, 3], then rank_min 1
     assert [layer.rank for layer in half.layers] == [None, 2, 1, 2, 1, 3]

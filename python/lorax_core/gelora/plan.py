@@ -16,9 +16,11 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from lorax_core.gelora.modules import ModuleShapes, block_of, linear_modules, select_targets
@@ -248,7 +250,7 @@ def _dimension_of(item: Any, i: int) -> tuple[float, tuple[float, float] | None]
         value, ci = item.dimension, getattr(item, "ci", None)
     else:
         value, ci = item, None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ValueError(f"layer_ids[{i}] must be a finite number or an IDResult, got {value!r}")
     if ci is not None:
         ci = (float(ci[0]), float(ci[1]))
@@ -308,6 +310,8 @@ def plan_ranks(
         TypeError, ValueError: bad arguments; a targeted module outside blocks 1 … L; a budget
             below the smallest plan (that at c = 0).
     """
+    if isinstance(layer_ids, np.ndarray):
+        layer_ids = layer_ids.tolist()
     if not isinstance(layer_ids, Sequence) or len(layer_ids) < 2:
         raise ValueError("layer_ids must hold at least two IDs (d_0 and d_1)")
     profile = [_dimension_of(item, i) for i, item in enumerate(layer_ids)]
