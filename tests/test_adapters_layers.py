@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -285,3 +286,19 @@ def test_bad_layer_arguments() -> None:
         SVDLinear(_base(), 4, r_max=2)
     with pytest.raises(ValueError, match="train"):
         SLoraLinear(_base(), 4, train="some")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("form", FORMS)
+def test_cuda_matches_cpu(form: type[AdapterLinear]) -> None:
+    layer = form(_base(torch.float32), R, 8.0)
+    _randomise(layer)
+    x = torch.randn(5, IN)
+    expected = layer(x)
+    on_gpu = copy.deepcopy(layer).cuda()
+    torch.testing.assert_close(on_gpu(x.cuda()).cpu(), expected, rtol=1e-4, atol=1e-4)
+    on_gpu.merge()
+    torch.testing.assert_close(on_gpu(x.cuda()).cpu(), expected, rtol=1e-4, atol=1e-4)
+    half = form(_base(torch.float32).to("cuda", torch.bfloat16), R, 8.0)
+    assert half(x.to("cuda", torch.bfloat16)).dtype == torch.bfloat16
