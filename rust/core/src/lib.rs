@@ -4,6 +4,7 @@
 //! panics on user input, so the bindings crate can map every failure to a
 //! Python exception.
 
+pub mod allocator;
 pub mod error;
 
 pub use error::{LoraxError, Result};

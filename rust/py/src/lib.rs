@@ -5,10 +5,12 @@
 
 use pyo3::prelude::*;
 
+mod allocator;
 mod errors;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    allocator::register(m)?;
     Ok(())
 }

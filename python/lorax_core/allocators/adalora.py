@@ -1,0 +1,69 @@
+"""AdaLoRA (baseline): cubic total-rank budget, weakest ranks masked (SPEC §6).
+
+Differences from PEFT's ``RankAllocator`` **(ours)**: a masked rank leaves the active set (its
+slot moves past ``active_rank``, its ``E`` is zero), so adapter compute shrinks with the budget
+instead of running at the initial rank forever; exactly ``total − b(t)`` ranks are masked, ties
+broken by module then slot (PEFT masks every score ≤ a threshold, so ties can mask more); since the
+budget never grows, masked ranks do not come back. Masking also happens on the first step of the
+final phase if the target has not been reached by then.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorax_core._core import RankAllocator
+from lorax_core.allocators.base import RankAllocatorBase, svd_modules
+
+__all__ = ["AdaLoRA"]
+
+
+class AdaLoRA(RankAllocatorBase):
+    """AdaLoRA rank allocator over the SVD-form adapters of ``model``.
+
+    Args:
+        model: a model with SVD adapters (``AdapterConfig(method="svd", r=init_r, ...)``).
+        total_steps: number of optimizer steps ``T``.
+        target_r: average final rank; the final total budget is ``target_r × modules``.
+        t_init, t_final: warm-up and final steps without masking (PEFT's ``tinit``/``tfinal``).
+        delta_t: masking interval ``ΔT``.
+        optimizer: the optimizer whose state moves with ranks (or :meth:`attach_optimizer`).
+        beta1, beta2: EMA factors of sensitivity and uncertainty.
+        gamma: orthogonality regulariser weight (default 0.5).
+        min_rank: no module is masked below this rank.
+        seed: seed of the allocator's RNG.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        total_steps: int,
+        target_r: int = 8,
+        t_init: int = 0,
+        t_final: int = 0,
+        delta_t: int = 1,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        beta1: float = 0.85,
+        beta2: float = 0.85,
+        gamma: float = 0.5,
+        min_rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        modules = svd_modules(model)
+        if isinstance(target_r, bool) or not isinstance(target_r, int) or target_r < 0:
+            raise ValueError(f"target_r must be an int >= 0, got {target_r!r}")
+        allocator = RankAllocator.adalora(
+            list(modules),
+            [m.active_rank for m in modules.values()],
+            [m.capacity for m in modules.values()],
+            total_steps=total_steps,
+            t_init=t_init,
+            t_final=t_final,
+            target_total=target_r * len(modules),
+            delta_t=delta_t,
+            min_rank=min_rank,
+            seed=seed,
+        )
+        super().__init__(modules, allocator, optimizer, beta1, beta2, gamma)

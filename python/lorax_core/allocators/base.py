@@ -1,0 +1,192 @@
+"""Shared driver of AdaLoRA and ElaLoRA: scores on the device, decisions in Rust.
+
+Call order in a training loop (as PEFT's ``update_and_allocate``)::
+
+    loss = task_loss + allocator.orthogonal_regularizer()
+    loss.backward()
+    optimizer.step()
+    allocator.step(global_step)      # 1-based optimizer step, before zero_grad()
+    optimizer.zero_grad()
+
+On ordinary steps :meth:`RankAllocatorBase.step` only updates the score EMAs on the parameters'
+device (no host synchronisation). On allocation steps the per-rank score vectors go to the Rust
+allocator, and its decision is applied to the adapters and the optimizer state in place; the
+optimizer and any LR scheduler stay the same objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorax_core._core import RankAllocator
+from lorax_core.adapters import SVDLinear, adapted_modules
+from lorax_core.allocators.distributed import broadcast_text, is_distributed, is_leader
+from lorax_core.allocators.scores import ImportanceScores
+from lorax_core.allocators.surgery import apply_plan_
+
+__all__ = ["RankAllocatorBase", "svd_modules"]
+
+_Plan = tuple[list[int], int, int, int]
+
+
+def svd_modules(model: nn.Module) -> dict[str, SVDLinear]:
+    """The SVD-form adapters of ``model`` by qualified name, in module order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    found = {n: m for n, m in adapted_modules(model).items() if isinstance(m, SVDLinear)}
+    if not found:
+        raise ValueError(
+            "model has no SVD-form adapters; inject them with AdapterConfig(method='svd', ...)"
+        )
+    return found
+
+
+def _check_step(global_step: object) -> int:
+    if isinstance(global_step, bool) or not isinstance(global_step, int):
+        raise TypeError(f"global_step must be an int, got {type(global_step).__name__}")
+    if global_step < 0:
+        raise ValueError(f"global_step must be >= 0, got {global_step}")
+    return global_step
+
+
+class RankAllocatorBase:
+    """Common machinery; use :class:`~lorax_core.allocators.AdaLoRA` or
+    :class:`~lorax_core.allocators.ElaLoRA`.
+
+    Learned state: ``scores_`` (the device-side EMAs) and ``allocator_`` (the Rust
+    ``RankAllocator``).
+    """
+
+    def __init__(
+        self,
+        modules: dict[str, SVDLinear],
+        allocator: RankAllocator,
+        optimizer: torch.optim.Optimizer | None,
+        beta1: float,
+        beta2: float,
+        gamma: float,
+    ) -> None:
+        if not gamma >= 0.0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.modules = modules
+        self.gamma = float(gamma)
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.allocator_ = allocator
+        self.scores_ = ImportanceScores(modules, beta1, beta2)
+        if optimizer is not None:
+            self.attach_optimizer(optimizer)
+
+    def attach_optimizer(self, optimizer: Any) -> None:
+        """The optimizer whose per-parameter state moves with the ranks.
+
+        Wrappers that keep the real optimizer in ``.optimizer`` (accelerate's
+        ``AcceleratedOptimizer``) are unwrapped.
+        """
+        inner = optimizer
+        while not isinstance(inner, torch.optim.Optimizer) and hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        self.optimizer = inner
+
+    # -- training ----------------------------------------------------------------------------
+    def step(self, global_step: int) -> bool:
+        """Call after ``optimizer.step()`` and before ``zero_grad()`` with the 1-based step.
+
+        Updates the scores (while ``t < T - t_final``) and, on allocation steps, reallocates.
+        Returns whether ranks were reallocated at this step.
+        """
+        t = _check_step(global_step)
+        if self.allocator_.updates_scores(t):
+            self.scores_.update()
+        if not self.allocator_.is_allocation_step(t):
+            return False
+        if self.optimizer is None:
+            raise RuntimeError(
+                "no optimizer attached: pass optimizer=... or call attach_optimizer() so that "
+                "its state moves with the ranks"
+            )
+        plans = self._decide(t)
+        for (name, module), (perm, n_keep, new_rank, seed) in zip(
+            self.modules.items(), plans, strict=True
+        ):
+            apply_plan_(module, self.optimizer, perm, n_keep, new_rank, seed)
+            self.scores_.permute_(name, torch.tensor(perm, dtype=torch.long), n_keep)
+        return True
+
+    def _decide(self, t: int) -> list[_Plan]:
+        """Rust decides on rank 0; under torch.distributed the decision and the allocator state
+        are broadcast so that every replica applies the same plan and holds the same state."""
+        if not is_distributed():
+            return self.allocator_.allocate(t, self.scores_.rank_scores_host())
+        message = None
+        if is_leader():
+            plans = self.allocator_.allocate(t, self.scores_.rank_scores_host())
+            message = json.dumps({"state": self.allocator_.to_json(), "plans": plans})
+        received = json.loads(broadcast_text(message))
+        if not is_leader():
+            self.allocator_ = RankAllocator.from_json(received["state"])
+        return [(list(p), int(n), int(r), int(s)) for p, n, r, s in received["plans"]]
+
+    def orthogonal_regularizer(self) -> torch.Tensor:
+        """``γ · mean`` over modules of ``‖A Aᵀ − I‖_F`` and ``‖Bᵀ B − I‖_F`` (active ranks).
+
+        A scalar on the adapters' device, differentiable; add it to the loss.
+        """
+        terms = []
+        for module in self.modules.values():
+            r = module.active_rank
+            if r == 0:
+                continue
+            a = module.lora_A[:r]
+            b = module.lora_B[:, :r]
+            eye = torch.eye(r, dtype=a.dtype, device=a.device)
+            terms.append(torch.linalg.matrix_norm(a @ a.T - eye))
+            terms.append(torch.linalg.matrix_norm(b.T @ b - eye))
+        if not terms:
+            return torch.zeros((), device=next(iter(self.modules.values())).lora_A.device)
+        return self.gamma * torch.stack(terms).mean()
+
+    # -- inspection --------------------------------------------------------------------------
+    def ranks(self) -> dict[str, int]:
+        """Active rank of every adapted module."""
+        return {name: module.active_rank for name, module in self.modules.items()}
+
+    def history(self) -> list[tuple[int, dict[str, int]]]:
+        """``(step, ranks)`` after every allocation so far."""
+        names = list(self.modules)
+        return [(t, dict(zip(names, r, strict=True))) for t, r in self.allocator_.history()]
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"allocator": <versioned JSON str>, "scores": {name: tensor}}``.
+
+        Save it beside the model's and optimizer's state dicts (the adapters' active ranks are in
+        the model's state dict).
+        """
+        return {"allocator": self.allocator_.to_json(), "scores": self.scores_.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output and sets every adapter's active rank to match."""
+        if not isinstance(state, dict) or "allocator" not in state or "scores" not in state:
+            raise ValueError("state must be a dict with keys 'allocator' and 'scores'")
+        allocator = RankAllocator.from_json(state["allocator"])
+        if allocator.method != self.allocator_.method:
+            raise ValueError(
+                f"state: holds a {allocator.method} allocator, expected {self.allocator_.method}"
+            )
+        if allocator.names() != list(self.modules):
+            raise ValueError("state: module names do not match this model's SVD adapters")
+        self.scores_.load_state_dict(state["scores"])
+        for module, rank in zip(self.modules.values(), allocator.ranks(), strict=True):
+            if module.active_rank != rank:
+                module.set_active_rank(rank)
+        self.allocator_ = allocator

@@ -1,0 +1,166 @@
+"""Device-side importance scores of SVD-form adapters (SPEC §6).
+
+Per element of every adapter parameter ``p`` (``lora_A`` (capacity, in), ``lora_E`` (capacity,),
+``lora_B`` (out, capacity)), once per optimizer step:
+
+    I = |p ⊙ ∇p|;  Ī ← β1 Ī + (1 − β1) I;  Ū ← β2 Ū + (1 − β2) |I − Ī|;  s = Ī ⊙ Ū
+
+and per rank ``i``: ``S_i = s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)``.
+
+:func:`update_importance_` is the pure-torch implementation (and the oracle for a fused kernel):
+it runs on the parameters' device with ``torch._foreach_*`` ops over all tensors at once and never
+synchronises with the host. Only :meth:`ImportanceScores.rank_scores_host`, called on allocation
+steps, copies the small per-rank vectors to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from lorax_core.adapters import SVDLinear
+
+__all__ = ["ImportanceScores", "rank_scores", "update_importance_"]
+
+# (parameter name, dimension of its rank axis)
+RANK_AXES: tuple[tuple[str, int], ...] = (("lora_A", 0), ("lora_E", 0), ("lora_B", 1))
+
+
+@torch.no_grad()
+def update_importance_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    ipt: Sequence[torch.Tensor],
+    unc: Sequence[torch.Tensor],
+    beta1: float,
+    beta2: float,
+) -> None:
+    """In place: ``ipt ← β1 ipt + (1 − β1)|p ⊙ g|``, ``unc ← β2 unc + (1 − β2)|I − ipt|``.
+
+    All four sequences are parallel lists of same-shape tensors on one device (any float dtype).
+    """
+    if not params:
+        return
+    current = torch._foreach_mul(params, grads)
+    torch._foreach_abs_(current)
+    torch._foreach_lerp_(ipt, current, 1.0 - beta1)
+    torch._foreach_sub_(current, ipt)
+    torch._foreach_abs_(current)
+    torch._foreach_lerp_(unc, current, 1.0 - beta2)
+
+
+def rank_scores(
+    ipt: Sequence[torch.Tensor], unc: Sequence[torch.Tensor], rank: int
+) -> torch.Tensor:
+    """Per-rank score ``S`` (rank,) of one module from its (A, E, B) EMAs, slots ``[0, rank)``."""
+    (ia, ie, ib), (ua, ue, ub) = ipt, unc
+    s_a = (ia[:rank] * ua[:rank]).mean(dim=1)
+    s_e = ie[:rank] * ue[:rank]
+    s_b = (ib[:, :rank] * ub[:, :rank]).mean(dim=0)
+    return s_e + s_a + s_b
+
+
+class ImportanceScores:
+    """EMA sensitivity ``Ī`` and uncertainty ``Ū`` of every element of every SVD adapter.
+
+    Each tensor has its parameter's shape, dtype and device. Module order is the order of
+    ``modules``.
+    """
+
+    def __init__(self, modules: Mapping[str, SVDLinear], beta1: float, beta2: float) -> None:
+        for name, value in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        self.modules = dict(modules)
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.ipt: dict[str, list[torch.Tensor]] = {}
+        self.unc: dict[str, list[torch.Tensor]] = {}
+        for name, module in self.modules.items():
+            params = [getattr(module, p) for p, _ in RANK_AXES]
+            self.ipt[name] = [
+                torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params
+            ]
+            self.unc[name] = [
+                torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params
+            ]
+
+    def update(self) -> None:
+        """One EMA step from the current parameters and gradients (no host synchronisation).
+
+        Parameters without a gradient are skipped.
+        """
+        params, grads, ipt, unc = [], [], [], []
+        for name, module in self.modules.items():
+            for i, (p_name, _) in enumerate(RANK_AXES):
+                p = getattr(module, p_name)
+                if p.grad is None:
+                    continue
+                params.append(p.detach())
+                grads.append(p.grad)
+                ipt.append(self.ipt[name][i])
+                unc.append(self.unc[name][i])
+        update_importance_(params, grads, ipt, unc, self.beta1, self.beta2)
+
+    def rank_scores(self) -> list[torch.Tensor]:
+        """Per-rank scores of every module over its active slots, on the device."""
+        return [
+            rank_scores(self.ipt[name], self.unc[name], module.active_rank)
+            for name, module in self.modules.items()
+        ]
+
+    def rank_scores_host(self) -> list[list[float]]:
+        """Per-rank scores as float64 host lists: the one device → host copy per allocation step."""
+        scores = self.rank_scores()
+        if not scores:
+            return []
+        flat = torch.cat([s.to(torch.float64) for s in scores]).cpu().tolist()
+        out, start = [], 0
+        for s in scores:
+            out.append(flat[start : start + s.numel()])
+            start += s.numel()
+        return out
+
+    @torch.no_grad()
+    def permute_(self, name: str, perm: torch.Tensor, n_keep: int) -> None:
+        """Move one module's slots like its parameters (new slot j ← old ``perm[j]``) and reset
+        the history of slots ``≥ n_keep`` (pruned, new and free ranks) to zero."""
+        for store in (self.ipt[name], self.unc[name]):
+            for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
+                permute_rank_axis_(tensor, perm, dim, n_keep)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat ``{"<module>.<param>.ipt"|".unc": tensor}`` (copies)."""
+        out: dict[str, torch.Tensor] = {}
+        for name in self.modules:
+            for i, (p_name, _) in enumerate(RANK_AXES):
+                out[f"{name}.{p_name}.ipt"] = self.ipt[name][i].clone()
+                out[f"{name}.{p_name}.unc"] = self.unc[name][i].clone()
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state_dict`; every key must be present with the right shape."""
+        for name in self.modules:
+            for i, (p_name, _) in enumerate(RANK_AXES):
+                for kind, store in (("ipt", self.ipt), ("unc", self.unc)):
+                    key = f"{name}.{p_name}.{kind}"
+                    if key not in state:
+                        raise ValueError(f"state: missing score tensor {key!r}")
+                    value = state[key]
+                    if tuple(value.shape) != tuple(store[name][i].shape):
+                        raise ValueError(
+                            f"state: {key!r} has shape {tuple(value.shape)}, expected "
+                            f"{tuple(store[name][i].shape)}"
+                        )
+                    store[name][i].copy_(value)
+
+
+@torch.no_grad()
+def permute_rank_axis_(tensor: torch.Tensor, perm: torch.Tensor, dim: int, n_keep: int) -> None:
+    """In place: ``tensor`` along ``dim`` becomes ``tensor.index_select(dim, perm)``; entries at
+    positions ``≥ n_keep`` along ``dim`` are set to zero. ``perm`` is an int64 permutation."""
+    tensor.copy_(tensor.index_select(dim, perm.to(tensor.device)))
+    size = tensor.shape[dim]
+    tensor.narrow(dim, n_keep, size - n_keep).zero_()

@@ -1,0 +1,70 @@
+"""Moving ranks inside capacity-padded SVD adapters, with their optimizer state.
+
+A decision for one module is ``(perm, n_keep, new_rank, seed)`` (see ``RankAllocator.allocate``):
+new slot ``j`` takes old slot ``perm[j]``; slots ``[0, n_keep)`` are surviving ranks, slots
+``[n_keep, new_rank)`` receive new ranks, slots ``≥ new_rank`` are inactive. The optimizer object
+is kept: every per-parameter state tensor of the parameter's shape (Adam's ``exp_avg`` and
+``exp_avg_sq``, ``max_exp_avg_sq``, SGD's ``momentum_buffer``) is permuted the same way, so
+surviving ranks keep their moments; the moments of pruned, new and free slots are reset to zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lorax_core.adapters import SVDLinear
+from lorax_core.allocators.scores import RANK_AXES, permute_rank_axis_
+
+__all__ = ["NEW_RANK_E", "apply_plan_", "orthonormal_complement"]
+
+# Upper bound of the singular value given to a new rank (SPEC §6): the output is unchanged.
+NEW_RANK_E = 1e-13
+
+
+def orthonormal_complement(existing: torch.Tensor, n_new: int, seed: int) -> torch.Tensor:
+    """``n_new`` random unit vectors orthogonal to each other and to the columns of ``existing``.
+
+    ``existing`` is (d, m) with m + n_new ≤ d; returns (d, n_new) float64 on the CPU, drawn from
+    a CPU generator seeded with ``seed`` (so every replica draws the same vectors).
+    """
+    d, m = existing.shape
+    if m + n_new > d:
+        raise ValueError(f"cannot add {n_new} orthogonal directions to {m} in dimension {d}")
+    gen = torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    draw = torch.randn(d, n_new, generator=gen, dtype=torch.float64)
+    basis = torch.cat([existing.detach().to("cpu", torch.float64), draw], dim=1)
+    q, _ = torch.linalg.qr(basis)
+    return q[:, m:]
+
+
+@torch.no_grad()
+def apply_plan_(
+    module: SVDLinear,
+    optimizer: torch.optim.Optimizer | None,
+    perm: list[int],
+    n_keep: int,
+    new_rank: int,
+    seed: int,
+) -> None:
+    """Applies one module's decision in place (parameters, optimizer state, active rank)."""
+    params = [getattr(module, name) for name, _ in RANK_AXES]
+    index = torch.tensor(perm, dtype=torch.long, device=params[0].device)
+    for param, (_, dim) in zip(params, RANK_AXES, strict=True):
+        param.copy_(param.index_select(dim, index))
+        if optimizer is not None:
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    permute_rank_axis_(value, index, dim, n_keep)
+    n_new = new_rank - n_keep
+    lora_a, lora_e, lora_b = params
+    if n_new > 0:
+        a_new = orthonormal_complement(lora_a[:n_keep].T, n_new, seed).T
+        b_new = orthonormal_complement(lora_b[:, :n_keep], n_new, seed ^ 0x5DEECE66D)
+        lora_a[n_keep:new_rank] = a_new.to(lora_a.dtype)
+        lora_b[:, n_keep:new_rank] = b_new.to(lora_b.dtype)
+        kept = lora_e[:n_keep].abs()
+        # min(min|E_m|, 1e-13): a device scalar, no host round trip.
+        small = torch.full((), NEW_RANK_E, dtype=lora_e.dtype, device=lora_e.device)
+        value = torch.minimum(kept.min(), small) if n_keep > 0 else small
+        lora_e[n_keep:new_rank] = value
+    module.set_active_rank(new_rank)

@@ -1,0 +1,165 @@
+"""AdaLoRA and ElaLoRA driving SVD adapters on real MiniLM layers (BBC News texts): resume is
+bit-identical, ranks move, compute shrinks, bad input is refused."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from lorax_core.adapters import AdapterConfig, inject
+from lorax_core.allocators import AdaLoRA, ElaLoRA
+
+N_LAYERS = 2  # the first two real MiniLM blocks keep the test short
+T, T_INIT, T_FINAL, INTERVAL = 14, 2, 2, 2
+
+
+def svd_minilm(minilm_dir, r: int = 4, r_max: int = 8) -> torch.nn.Module:
+    model = AutoModel.from_pretrained(str(minilm_dir))
+    model.encoder.layer = model.encoder.layer[:N_LAYERS]
+    config = AdapterConfig(
+        method="svd", r=r, alpha=2.0 * r, r_max=r_max, target_modules=["query", "value"], seed=0
+    )
+    return inject(model, config).eval()
+
+
+@pytest.fixture(scope="module")
+def batches(minilm_tokenizer, bbc):
+    train, _ = bbc
+    enc = minilm_tokenizer(
+        train.texts[:24],
+        truncation=True,
+        max_length=32,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    labels = torch.tensor(train.labels[:24])
+    return [({k: v[i : i + 4] for k, v in enc.items()}, labels[i : i + 4]) for i in range(0, 24, 4)]
+
+
+class Run:
+    """Model + classification head + Adam + allocator; one optimizer step per call."""
+
+    def __init__(self, minilm_dir, cls, **kwargs):
+        torch.manual_seed(0)
+        self.model = svd_minilm(minilm_dir)
+        self.head = torch.nn.Linear(384, 5)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam([*params, *self.head.parameters()], lr=5e-3)
+        self.alloc = cls(self.model, optimizer=self.opt, **kwargs)
+
+    def step(self, t, batches):
+        inputs, labels = batches[t % len(batches)]
+        hidden = self.model(**inputs).last_hidden_state[:, 0]
+        loss = torch.nn.functional.cross_entropy(self.head(hidden), labels)
+        (loss + self.alloc.orthogonal_regularizer()).backward()
+        self.opt.step()
+        moved = self.alloc.step(t)
+        self.opt.zero_grad()
+        return moved
+
+    def snapshot(self):
+        weights = {k: v.clone() for k, v in self.model.state_dict().items() if "lora_" in k}
+        return self.alloc.ranks(), self.alloc.scores_.state_dict(), weights
+
+
+ELA = {"total_steps": T, "t_init": T_INIT, "t_final": T_FINAL, "interval": INTERVAL, "b": 2}
+
+
+def test_elalora_resume_is_bit_identical(minilm_dir, batches):
+    full = Run(minilm_dir, ElaLoRA, **ELA)
+    moved = [full.step(t, batches) for t in range(1, T + 1)]
+    assert any(moved)
+    ranks, scores, weights = full.snapshot()
+    assert ranks != dict.fromkeys(ranks, 4)  # ranks did move
+    assert sum(ranks.values()) == 4 * len(ranks)
+
+    half = Run(minilm_dir, ElaLoRA, **ELA)
+    for t in range(1, T // 2 + 1):
+        half.step(t, batches)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": half.model.state_dict(),
+            "head": half.head.state_dict(),
+            "opt": half.opt.state_dict(),
+            "alloc": half.alloc.state_dict(),
+        },
+        buffer,
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    resumed = Run(minilm_dir, ElaLoRA, **ELA)
+    resumed.model.load_state_dict(saved["model"])
+    resumed.head.load_state_dict(saved["head"])
+    resumed.opt.load_state_dict(saved["opt"])
+    resumed.alloc.load_state_dict(saved["alloc"])
+    for t in range(T // 2 + 1, T + 1):
+        resumed.step(t, batches)
+    r_ranks, r_scores, r_weights = resumed.snapshot()
+    assert r_ranks == ranks
+    assert r_scores.keys() == scores.keys()
+    for key in scores:
+        assert torch.equal(r_scores[key], scores[key]), key
+    for key in weights:
+        assert torch.equal(r_weights[key], weights[key]), key
+    assert resumed.alloc.allocator_.to_json() == full.alloc.allocator_.to_json()
+
+
+def test_adalora_shrinks_compute_to_target(minilm_dir, batches):
+    run = Run(minilm_dir, AdaLoRA, total_steps=10, target_r=2, t_init=1, t_final=2, delta_t=2)
+    for t in range(1, 11):
+        run.step(t, batches)
+    ranks = run.alloc.ranks()
+    assert sum(ranks.values()) == 2 * len(ranks)
+    for name, module in run.alloc.modules.items():
+        # Compute uses only the active slots; masked E entries are zero.
+        assert module.active_rank == ranks[name]
+        assert torch.count_nonzero(module.lora_E.detach()[module.active_rank :]) == 0
+    steps = [s for s, _ in run.alloc.history()]
+    assert steps and all(s % 2 == 0 or s > 8 for s in steps)
+
+
+def test_orthogonal_regularizer_by_hand(minilm_dir):
+    model = svd_minilm(minilm_dir)
+    alloc = ElaLoRA(model, **ELA)
+    terms = []
+    for module in alloc.modules.values():
+        a = module.lora_A.detach()[:4].double()
+        b = module.lora_B.detach()[:, :4].double()
+        eye = torch.eye(4, dtype=torch.float64)
+        terms += [
+            torch.sqrt(((a @ a.T - eye) ** 2).sum()),
+            torch.sqrt(((b.T @ b - eye) ** 2).sum()),
+        ]
+    expected = 0.1 * torch.stack(terms).mean()
+    torch.testing.assert_close(alloc.orthogonal_regularizer().double(), expected, rtol=1e-5, atol=0)
+
+
+def test_bad_input(minilm_dir):
+    model = svd_minilm(minilm_dir, r=4, r_max=4)
+    with pytest.raises(ValueError, match="r_max"):
+        ElaLoRA(model, **ELA)
+    with pytest.raises(TypeError, match="model"):
+        ElaLoRA("model", **ELA)  # type: ignore[arg-type]
+    plain = AutoModel.from_pretrained(str(minilm_dir))
+    with pytest.raises(ValueError, match="SVD"):
+        AdaLoRA(plain, total_steps=10)
+    model = svd_minilm(minilm_dir)
+    with pytest.raises(ValueError, match="t_init"):
+        ElaLoRA(model, total_steps=4, t_init=2, t_final=2, interval=1)
+    alloc = ElaLoRA(model, **ELA)
+    with pytest.raises(TypeError, match="global_step"):
+        alloc.step(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="global_step"):
+        alloc.step(-1)
+    with pytest.raises(TypeError, match="optimizer"):
+        alloc.attach_optimizer(object())
+    with pytest.raises(RuntimeError, match="optimizer"):
+        for t in range(1, T_INIT + INTERVAL + 1):
+            alloc.step(t)
+    with pytest.raises(ValueError, match="state"):
+        alloc.load_state_dict({"allocator": "{}"})
