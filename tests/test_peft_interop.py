@@ -109,7 +109,12 @@ FORMS: dict[str, Callable[[nn.Module], object]] = {
     "gelora": _gelora_plan,
     # Residual inits: W holds W − s·B0 N0 A0; the export is a rank-2r LoRA on the original W.
     "lora_pissa": lambda m: AdapterConfig(
-        method="lora", r=4, alpha=8, target_modules=TARGETS, init="pissa"
+        method="lora",
+        r=4,
+        alpha=8,
+        target_modules=TARGETS,
+        init="pissa",
+        init_options={"svd": "randomized"},
     ),
 }
 
