@@ -23,13 +23,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from tqdm import tqdm
 
 from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
-from lorax_core.gelora.modules import linear_modules
+from lorax_core.gelora.modules import linear_modules, select_targets
 from lorax_core.gelora.plan import RankPlan, plan_ranks
 from lorax_core.gelora.report import format_modules, format_table, save_plot
 from lorax_core.gelora.states import HIDDEN_PREFIX, load_hidden_states, read_header
@@ -40,8 +40,33 @@ DEFAULT_N_SAMPLES = 2000
 ESTIMATORS = ("twonn", "mle")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports bad arguments in one line, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _budget(text: str) -> int | str:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    r = text.removeprefix("uniform:")
+    if text.startswith("uniform:") and r.isdigit() and int(r) > 0:
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive int or uniform:<r>, got {text!r}")
+
+
+def _targets(text: str) -> str | list[str]:
+    names = [t.strip() for t in text.split(",")]
+    if text == "all-linear":
+        return text
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated module names, got {text!r}")
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lorax-profile",
         description="Per-layer intrinsic dimensions and a GeLoRA LoRA rank plan, offline.",
     )
@@ -75,10 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--targets",
+        type=_targets,
         default="all-linear",
         help="comma-separated module names (suffixes) to adapt, or all-linear",
     )
-    p.add_argument("--budget", help="total LoRA parameters, or uniform:<r>; solves for c")
+    p.add_argument(
+        "--budget", type=_budget, help="total LoRA parameters, or uniform:<r>; solves for c"
+    )
     p.add_argument("--c", type=float, default=1.0, help="rank per unit of ID increase")
     p.add_argument("--offset", type=int, default=1, help="added to every rank")
     p.add_argument("--rank-min", type=int, default=1)
@@ -103,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_table(plan))
     print()
-    uniform = args.budget is not None and args.budget.startswith("uniform:")
+    uniform = isinstance(args.budget, str)  # "uniform:<r>"
     print(format_modules(plan, int(args.budget.removeprefix("uniform:")) if uniform else 8))
     if args.out is not None:
         print(f"wrote {args.out}")
@@ -121,18 +149,16 @@ def _run(args: argparse.Namespace) -> RankPlan:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     hidden, shapes, model_info, capture_info = _hidden_states(args)
     ids = _estimate(hidden, args)
-    targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
-    budget = int(args.budget) if args.budget and args.budget.isdigit() else args.budget
     plan = plan_ranks(
         ids,
         shapes,
-        targets,
+        args.targets,
         c=args.c,
         offset=args.offset,
         rank_min=args.rank_min,
         rank_max=args.rank_max,
         alpha_over_r=args.alpha_over_r,
-        budget=budget,
+        budget=args.budget,
     )
     plan = dataclasses.replace(
         plan,
@@ -198,6 +224,8 @@ def _from_file(
         seed=args.seed,
     )
     shapes = _module_shapes(path, states.metadata.get("modules"))
+    if shapes is not None:
+        select_targets(shapes, args.targets)  # fail before the estimation, not after
     model_info = {"hidden_states": path.name, "model": states.metadata.get("model")}
     capture = {k: v for k, v in states.metadata.items() if k != "modules"}
     capture.update(pooling_in_profile=args.pooling, n_samples=hidden[0].shape[0])
@@ -233,6 +261,7 @@ def _from_model(
     # Batches of similar length waste little compute on padding; row order does not matter.
     chosen.sort(key=len)
     model, tokenizer = _load_transformers(model_dir)
+    select_targets(linear_modules(model), args.targets)  # fail before the capture, not after
     n_batches = -(-len(chosen) // args.batch_size)
     with tqdm(total=n_batches, desc="capture", unit="batch", file=sys.stderr) as bar:
         hidden = capture_hidden_states(

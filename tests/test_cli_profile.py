@@ -1,0 +1,222 @@
+"""``lorax-profile`` end to end on MiniLM and real text, on both input kinds and on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skdim
+import torch
+from safetensors.torch import save_file
+
+from lorax_core.datasets import TextSplit
+from lorax_core.gelora import (
+    RankPlan,
+    capture_hidden_states,
+    load_hidden_states,
+    save_hidden_states,
+)
+from lorax_core.gelora.cli import main, read_texts
+
+
+def command() -> list[str]:
+    script = shutil.which("lorax-profile")
+    return [script] if script else [sys.executable, "-m", "lorax_core.gelora.cli"]
+
+
+def rule(dims: list[float], c: float = 1.0) -> list[int]:
+    """SPEC §4 with the default offset and clamps, in numpy."""
+    return (np.ceil(c * np.maximum(np.diff(dims), 0)) + 1).astype(int).tolist()
+
+
+@pytest.fixture(scope="module")
+def paragraphs(bbc: tuple[TextSplit, TextSplit]) -> list[str]:
+    """Sixty real paragraphs of BBC News (the test split, titles dropped)."""
+    found = [p for t in bbc[1].texts for p in t.split("\n")[1:] if len(p.split()) >= 5]
+    return found[:60]
+
+
+@pytest.fixture(scope="module")
+def hidden_file(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path, paragraphs) -> Path:  # type: ignore[no-untyped-def]
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    batches = [
+        dict(
+            tokenizer(
+                paragraphs[i : i + 20],
+                padding=True,
+                truncation=True,
+                max_length=32,
+                return_tensors="pt",
+            )
+        )
+        for i in range(0, len(paragraphs), 20)
+    ]
+    path = tmp_path_factory.mktemp("hidden") / "hidden.safetensors"
+    capture_hidden_states(model, batches, n_samples=len(paragraphs), path=path)
+    return path
+
+
+def test_checkpoint_and_text_end_to_end(tmp_path: Path, minilm_dir: Path, paragraphs) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "texts.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": p, "id": i}) + "\n" for i, p in enumerate(paragraphs))
+    )
+    out, plot = tmp_path / "plan.json", tmp_path / "plot.png"
+    args = [
+        str(minilm_dir / "model.safetensors"),
+        "--data",
+        str(data),
+        "--n-samples",
+        "50",
+        "--max-length",
+        "32",
+        "--bootstrap",
+        "4",
+        "--targets",
+        "query,value",
+        "--out",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
+    run = subprocess.run([*command(), *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "capture" in run.stderr and "ID (twonn)" in run.stderr  # progress bars
+    assert "Traceback" not in run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["layer", "d_i", "CI", "Δd", "rank", "alpha"]
+    assert [line.split()[0] for line in lines[1:8]] == [f"h_{i}" for i in range(7)]
+    plan = RankPlan.from_json(out)
+    dims = [layer.dimension for layer in plan.layers]
+    assert len(dims) == 7 and all(5 < d < 100 for d in dims)
+    assert all(layer.ci is not None for layer in plan.layers)
+    assert [layer.rank for layer in plan.layers[1:]] == rule(dims)
+    assert len(plan.modules) == 12 and plan.capture["n_samples"] == 50
+    assert plan.model["model_type"] == "bert" and len(plan.model["sha256"]) == 64
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plan: {plan.num_parameters:,} LoRA parameters" in run.stdout
+
+
+def test_hidden_states_file(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "plan.json"
+    assert main([str(hidden_file), "--bootstrap", "0", "--out", str(out), "--c", "2"]) == 0
+    plan = RankPlan.from_json(out)
+    layers = load_hidden_states(hidden_file).layers
+    expected = [skdim.id.TwoNN().fit(h.astype(np.float64)).dimension_ for h in layers]
+    np.testing.assert_allclose([layer.dimension for layer in plan.layers], expected, rtol=1e-6)
+    assert [layer.rank for layer in plan.layers[1:]] == rule(expected, c=2.0)
+    assert len(plan.modules) == 36  # every linear module in a block, from the file's metadata
+    assert plan.modules["encoder.layer.3.output.dense"].in_features == 1536
+    text = capsys.readouterr().out
+    assert "modules (36 targeted)" in text
+
+
+def test_per_token_file_and_budget(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    # Three layers of 80 examples × 6 tokens in R^8; padding rows hold garbage.
+    tokens = [rng.standard_normal((80, 6, 8)).astype(np.float32) * (i + 1) for i in range(3)]
+    mask = (np.arange(6)[None, :] < rng.integers(2, 7, size=(80, 1))).astype(np.int64)
+    for h in tokens:
+        h[mask == 0] = 1e6
+    path = save_hidden_states(tmp_path / "tokens.safetensors", tokens, attention_mask=mask)
+    assert main([str(path), "--bootstrap", "0", "--out", str(tmp_path / "p.json")]) == 0
+    pooled = [(h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in tokens]
+    expected = [skdim.id.TwoNN().fit(p.astype(np.float64)).dimension_ for p in pooled]
+    plan = RankPlan.from_json(tmp_path / "p.json")
+    np.testing.assert_allclose([layer.dimension for layer in plan.layers], expected, rtol=1e-5)
+    assert plan.modules == {}  # no model named in the file: ranks per block only
+    assert "ranks per block only" in capsys.readouterr().out
+
+
+def test_budget_from_the_command_line(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "plan.json"
+    args = [str(hidden_file), "--bootstrap", "0", "--budget", "uniform:4", "--out", str(out)]
+    assert main(args) == 0
+    plan = RankPlan.from_json(out)
+    assert plan.budget == plan.uniform_parameters(4) >= plan.num_parameters
+    assert "uniform r=4" in capsys.readouterr().out
+
+
+def test_read_texts(tmp_path: Path) -> None:
+    lines = tmp_path / "a.txt"
+    lines.write_text("first text\n\n  second text  \n")
+    assert read_texts(lines) == ["first text", "second text"]
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"text": "one", "label": 1}\n\n{"text": " two "}\n')
+    assert read_texts(jsonl) == ["one", "two"]
+
+
+def bad_inputs(tmp: Path, hidden_file: Path, minilm_dir: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, expected part of the error line)."""
+    valid = hidden_file.read_bytes()
+    (tmp / "truncated.safetensors").write_bytes(valid[: len(valid) // 2])
+    header = json.dumps({"hidden.0": {"dtype": "F32", "shape": [4, 2], "data_offsets": [0, 32]}})
+    (tmp / "lying.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp / "weights.safetensors"))
+    save_file(
+        {"hidden.0": torch.zeros(5, 2), "hidden.1": torch.zeros(4, 2)},
+        str(tmp / "counts.safetensors"),
+    )
+    (tmp / "empty.txt").write_text("\n  \n")
+    (tmp / "binary.txt").write_bytes(b"\xff\xfe\x00text")
+    (tmp / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
+    (tmp / "few.txt").write_text("one text\nanother text\n")
+    checkpoint = str(minilm_dir / "model.safetensors")
+    return {
+        "truncated": ([str(tmp / "truncated.safetensors")], "truncated"),
+        "lying header": ([str(tmp / "lying.safetensors")], "outside the data section"),
+        "no hidden": ([str(tmp / "weights.safetensors")], "holds no hidden.<i> tensors"),
+        "sample counts": ([str(tmp / "counts.safetensors")], "mismatched sample counts"),
+        "no file": ([str(tmp / "absent.safetensors")], "no such file"),
+        "empty text": ([checkpoint, "--data", str(tmp / "empty.txt")], "holds no text"),
+        "missing text": ([checkpoint, "--data", str(tmp / "absent.txt")], "cannot read"),
+        "binary text": ([checkpoint, "--data", str(tmp / "binary.txt")], "not UTF-8"),
+        "bad jsonl": ([checkpoint, "--data", str(tmp / "bad.jsonl")], "line 2"),
+        "too many": (
+            [checkpoint, "--data", str(tmp / "few.txt"), "--n-samples", "3"],
+            "larger than the data, which holds 2 texts",
+        ),
+        "too many rows": ([str(hidden_file), "--n-samples", "61"], "holds only 60 examples"),
+        "no data": ([checkpoint], "give --data"),
+        "data for states": ([str(hidden_file), "--data", str(tmp / "few.txt")], "only for"),
+        "demo and path": ([str(hidden_file), "--demo"], "--demo takes no PATH"),
+        "nothing": ([], "give a PATH"),
+        "bad budget": ([str(hidden_file), "--budget", "lots"], "argument --budget"),
+        "bad option": ([str(hidden_file), "--pooling", "max"], "argument --pooling"),
+        "bad count": ([str(hidden_file), "--n-samples", "0"], "--n-samples must be >= 1"),
+        "bad targets": ([str(hidden_file), "--targets", "qkv"], "match no linear module"),
+    }
+
+
+def test_bad_input_gives_one_line_and_exit_2(
+    tmp_path: Path, hidden_file, minilm_dir, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    for name, (args, message) in bad_inputs(tmp_path, hidden_file, minilm_dir).items():
+        try:
+            code = main(args)
+        except SystemExit as stop:  # argparse's own checks
+            code = stop.code
+        assert code == 2, name
+        captured = capsys.readouterr()
+        assert captured.out == "", name
+        error = captured.err.strip()
+        assert error.startswith("lorax-profile: error: "), (name, error)
+        assert len(error.splitlines()) == 1 and message in error, (name, error)
+
+
+def test_bad_input_from_the_installed_command(tmp_path: Path, hidden_file: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(hidden_file.read_bytes()[:100])
+    run = subprocess.run([*command(), str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"lorax-profile: error: {path}: ")
