@@ -259,7 +259,7 @@ def _from_model(
         rng = np.random.default_rng(args.seed)
         chosen = [texts[i] for i in sorted(rng.choice(len(texts), n_samples, replace=False))]
     # Batches of similar length waste little compute on padding; row order does not matter.
-    chosen.sort(key=len)
+    chosen = sorted(chosen, key=len)
     model, tokenizer = _load_transformers(model_dir)
     select_targets(linear_modules(model), args.targets)  # fail before the capture, not after
     n_batches = -(-len(chosen) // args.batch_size)
