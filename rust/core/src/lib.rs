@@ -6,5 +6,6 @@
 
 pub mod allocator;
 pub mod error;
+pub mod nystrom;
 
 pub use error::{LoraxError, Result};
