@@ -3,7 +3,45 @@
 Checked against the compiled module by ``python -m mypy.stubtest lorax_core._core``.
 """
 
+import numpy as np
+import numpy.typing as npt
+
 __version__: str
+
+# --- intrinsic dimension (rust/py/src/id.rs) ---
+
+_Float2D = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+_IdTuple = tuple[float, tuple[float, float] | None, int, int, list[tuple[int, float]] | None]
+
+def knn(x: _Float2D, k: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+def estimate_id(
+    x: _Float2D,
+    estimator: str,
+    *,
+    k: int,
+    discard_fraction: float,
+    method: str,
+    comb: str,
+    unbiased: bool,
+    bootstrap: int,
+    seed: int,
+    scales: bool,
+    duplicate_tol: float,
+) -> _IdTuple: ...
+def estimate_id_many(
+    xs: list[_Float2D],
+    estimator: str,
+    *,
+    k: int,
+    discard_fraction: float,
+    method: str,
+    comb: str,
+    unbiased: bool,
+    bootstrap: int,
+    seed: int,
+    scales: bool,
+    duplicate_tol: float,
+) -> list[_IdTuple]: ...
 
 # --- rank allocator: AdaLoRA / ElaLoRA (rust/py/src/allocator.rs) ---
 

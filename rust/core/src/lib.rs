@@ -6,6 +6,8 @@
 
 pub mod allocator;
 pub mod error;
+pub mod id;
+pub mod knn;
 pub mod nystrom;
 
 pub use error::{LoraxError, Result};

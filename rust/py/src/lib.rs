@@ -6,11 +6,14 @@
 use pyo3::prelude::*;
 
 mod allocator;
+mod arrays;
 mod errors;
+mod id;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     allocator::register(m)?;
+    id::register(m)?;
     Ok(())
 }

@@ -1,0 +1,253 @@
+"""Intrinsic-dimension estimators over exact nearest neighbours, computed in Rust.
+
+Drop-in for scikit-dimension users: ``lorax_core.id.TwoNN().fit(X).dimension_`` equals
+``skdim.id.TwoNN().fit(X).dimension_`` (to 1e-6 relative) on duplicate-free data, and
+``lorax_core.id.MLE().fit(X).dimension_`` equals ``skdim.id.MLE().fit(X, comb="mle")``.
+
+``X`` is a 2-D array ``(n_samples, n_features)``: numpy float32/float64 (C- or F-ordered,
+read without copying), any other real numpy dtype (converted once to float64), or a torch
+tensor (moved to CPU, read through numpy; float16/bfloat16 widened to float32).
+
+Duplicates (SPEC §3): exact copies are removed first (one kept), then points whose float64
+distance to a neighbour is ``<= duplicate_tol × RMS norm`` of the centred data;
+``n_duplicates_`` counts the removed points. Bootstrap intervals resample the per-point
+statistics (``r2/r1`` for TwoNN, ``1/m_i`` for MLE) with replacement and refit; ``scales``
+re-estimates on nested random halves ``N, N/2, N/4, …`` (down to 16 points, or ``k + 2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+
+from lorax_core import _core
+
+__all__ = ["MLE", "IDResult", "TwoNN", "estimate_layers", "mle", "nearest_neighbors", "twonn"]
+
+ArrayLike2D = npt.NDArray[Any] | torch.Tensor
+
+_DEFAULT_DUPLICATE_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class IDResult:
+    """One intrinsic-dimension estimate.
+
+    ``dimension`` is the estimate; ``ci`` the 95% bootstrap interval (``None`` unless
+    ``bootstrap > 0``); ``n_samples`` the number of input rows; ``n_duplicates`` the rows
+    removed as copies; ``scales`` the ``(points used, dimension)`` pairs at ``N, N/2, …``
+    (``None`` unless ``scales=True``).
+    """
+
+    dimension: float
+    ci: tuple[float, float] | None
+    n_samples: int
+    n_duplicates: int
+    scales: list[tuple[int, float]] | None
+
+
+def as_points(X: object, name: str = "X") -> npt.NDArray[np.float32] | npt.NDArray[np.float64]:
+    """Returns ``X`` as a float32/float64 numpy array without copying when it already is one.
+
+    Torch tensors go through ``.detach().cpu().numpy()``; integer and boolean arrays become
+    float64; layouts that are neither C- nor F-contiguous are made contiguous once. Raises
+    ``TypeError`` for object, string or complex data.
+    """
+    if isinstance(X, torch.Tensor):
+        t = X.detach().cpu()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        if t.is_complex():
+            raise TypeError(f"{name} must be real-valued, got a {t.dtype} tensor")
+        X = t.numpy()
+    try:
+        arr = np.asarray(X)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name} must be a numeric 2-D array: {e}") from e
+    kind = arr.dtype.kind
+    if kind in "iub" or arr.dtype == np.float16:
+        arr = arr.astype(np.float32 if arr.dtype == np.float16 else np.float64)
+    elif kind != "f" or arr.dtype.itemsize > 8:
+        raise TypeError(
+            f"{name} must have a real numeric dtype (float32 or float64), got {arr.dtype}"
+        )
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def _seed(random_state: object) -> int:
+    return int(check_random_state(random_state).randint(np.iinfo(np.int64).max))
+
+
+class _IDEstimator(BaseEstimator):  # type: ignore[misc]
+    """Shared fit logic; subclasses name their estimator and map their parameters."""
+
+    _name: str
+
+    def _core_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "bootstrap": self.bootstrap,
+            "seed": _seed(self.random_state),
+            "scales": self.scales,
+            "duplicate_tol": self.duplicate_tol,
+        }
+
+    def _result(self, X: object) -> IDResult:
+        dim, ci, n, dups, scales = _core.estimate_id(
+            as_points(X), self._name, **self._core_kwargs(), **self._options()
+        )
+        return IDResult(dim, ci, n, dups, scales)
+
+    def fit(self, X: ArrayLike2D, y: object = None) -> _IDEstimator:
+        """Estimates the intrinsic dimension of the rows of ``X`` ``(n_samples, n_features)``.
+
+        Sets ``dimension_`` (float), ``n_duplicates_``, ``n_samples_``, ``ci_`` (when
+        ``bootstrap > 0``) and ``scales_`` (when ``scales=True``). Returns ``self``.
+        """
+        self._set_fitted(self._result(X))
+        return self
+
+    def _set_fitted(self, r: IDResult) -> None:
+        self.dimension_ = r.dimension
+        self.n_duplicates_ = r.n_duplicates
+        self.n_samples_ = r.n_samples
+        if r.ci is not None:
+            self.ci_ = r.ci
+        if r.scales is not None:
+            self.scales_ = r.scales
+
+    def fit_transform(self, X: ArrayLike2D, y: object = None) -> float:
+        """Fits and returns ``dimension_`` (as scikit-dimension's global estimators do)."""
+        return float(self.fit(X).dimension_)
+
+
+class TwoNN(_IDEstimator):
+    """TwoNN (Facco et al. 2017), scikit-dimension compatible.
+
+    ``discard_fraction`` of the largest ratios ``μ = r2/r1`` is discarded; ``method="ls"``
+    (alias ``"linear"``) fits ``-ln(1 - F)`` on ``ln μ`` through the origin, ``"mle"`` is the
+    censored maximum-likelihood estimate. ``bootstrap=B`` adds a 95% interval ``ci_``;
+    ``scales=True`` adds ``scales_``; ``random_state`` seeds both.
+    """
+
+    _name = "twonn"
+
+    def __init__(
+        self,
+        discard_fraction: float = 0.1,
+        method: str = "ls",
+        bootstrap: int = 0,
+        random_state: int | np.random.RandomState | None = None,
+        scales: bool = False,
+        duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
+    ) -> None:
+        self.discard_fraction = discard_fraction
+        self.method = method
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+        self.scales = scales
+        self.duplicate_tol = duplicate_tol
+
+    def _core_kwargs(self) -> dict[str, Any]:
+        return {
+            "k": 2,
+            "discard_fraction": self.discard_fraction,
+            "method": self.method,
+            "comb": "mle",
+            "unbiased": False,
+        }
+
+
+class MLE(_IDEstimator):
+    """Levina–Bickel MLE over ``k`` neighbours (self excluded).
+
+    ``comb="mle"`` combines the per-point estimates as ``1 / mean(1 / m_i)``
+    (MacKay–Ghahramani; scikit-dimension's ``comb="mle"``), or ``"mean"`` / ``"median"``;
+    ``unbiased=True`` uses ``k - 2`` instead of ``k - 1``. Other parameters as :class:`TwoNN`.
+    """
+
+    _name = "mle"
+
+    def __init__(
+        self,
+        k: int = 20,
+        comb: str = "mle",
+        unbiased: bool = False,
+        bootstrap: int = 0,
+        random_state: int | np.random.RandomState | None = None,
+        scales: bool = False,
+        duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
+    ) -> None:
+        self.k = k
+        self.comb = comb
+        self.unbiased = unbiased
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+        self.scales = scales
+        self.duplicate_tol = duplicate_tol
+
+    def _core_kwargs(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "discard_fraction": 0.1,
+            "method": "ls",
+            "comb": self.comb,
+            "unbiased": self.unbiased,
+        }
+
+
+_ESTIMATORS: dict[str, type[_IDEstimator]] = {"twonn": TwoNN, "mle": MLE}
+
+
+def _make(estimator: str, params: dict[str, Any]) -> _IDEstimator:
+    if estimator not in _ESTIMATORS:
+        raise ValueError(f"estimator must be 'twonn' or 'mle', got {estimator!r}")
+    return _ESTIMATORS[estimator](**params)
+
+
+def twonn(X: ArrayLike2D, **params: Any) -> float:
+    """TwoNN estimate of ``X`` ``(n_samples, n_features)``; ``params`` as :class:`TwoNN`."""
+    return float(TwoNN(**params).fit(X).dimension_)
+
+
+def mle(X: ArrayLike2D, **params: Any) -> float:
+    """MLE estimate of ``X`` ``(n_samples, n_features)``; ``params`` as :class:`MLE`."""
+    return float(MLE(**params).fit(X).dimension_)
+
+
+def estimate_layers(
+    arrays: Sequence[ArrayLike2D], estimator: str = "twonn", **params: Any
+) -> list[IDResult]:
+    """One :class:`IDResult` per array (e.g. one per layer's hidden states ``(n, D)``).
+
+    ``params`` are the estimator's constructor parameters. The arrays are estimated in
+    parallel, each also using parallel kNN; errors name the failing layer (``layer i: …``).
+    """
+    if isinstance(arrays, (np.ndarray, torch.Tensor)) or not isinstance(arrays, Sequence):
+        raise TypeError("arrays must be a sequence (list or tuple) of 2-D arrays, one per layer")
+    est = _make(estimator, params)
+    points = [as_points(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+    results = _core.estimate_id_many(points, est._name, **est._core_kwargs(), **est._options())
+    return [IDResult(d, ci, n, dups, s) for d, ci, n, dups, s in results]
+
+
+def nearest_neighbors(
+    X: ArrayLike2D, k: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Exact ``k`` nearest neighbours of each row of ``X``, self excluded, ties by index.
+
+    Returns ``(distances, indices)``, both ``(n_samples, k)``: float64 Euclidean distances
+    (ascending) and int64 row indices.
+    """
+    return _core.knn(as_points(X), k)

@@ -1,0 +1,193 @@
+"""The lorax_core.id API: duplicates policy, bad input, bootstrap, scales, layers, inputs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import skdim
+import torch
+
+from lorax_core import id as lid
+
+
+def _gauss(n: int = 800, d: int = 8, D: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((D, d)))
+    return rng.standard_normal((n, d)) @ basis.T
+
+
+X0 = _gauss()
+
+
+# --- duplicates policy -------------------------------------------------------------------
+
+
+def test_exact_copies_removed_before_estimating() -> None:
+    rng = np.random.default_rng(1)
+    copies = X0[rng.choice(len(X0), size=40, replace=False)]
+    X = rng.permutation(np.vstack([X0, copies]))
+    for est in (lid.TwoNN(), lid.MLE()):
+        clean = type(est)().fit(X0)
+        dup = est.fit(X)
+        assert dup.n_duplicates_ == 40
+        assert dup.n_samples_ == len(X)
+        np.testing.assert_allclose(dup.dimension_, clean.dimension_, rtol=1e-12)
+    # scikit-dimension's MLE silently returns 0.0 here; ours must not.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert skdim.id.MLE().fit(X).dimension_ == 0.0
+    assert lid.mle(X) > 5
+
+
+def test_near_copies_follow_the_tolerance() -> None:
+    rng = np.random.default_rng(2)
+    rms = np.sqrt(np.mean(np.sum((X0 - X0.mean(0)) ** 2, axis=1)))
+    near = X0[:10] + 1e-10 * rms * rng.standard_normal((10, X0.shape[1])) / np.sqrt(32)
+    X = np.vstack([X0, near])
+    clean = lid.twonn(X0)
+    est = lid.TwoNN().fit(X)
+    assert est.n_duplicates_ == 10
+    assert est.dimension_ == pytest.approx(clean, rel=1e-12)
+    strict = lid.TwoNN(duplicate_tol=0.0).fit(X)
+    assert strict.n_duplicates_ == 0
+    assert strict.dimension_ != pytest.approx(clean, rel=1e-3)
+
+
+def test_fewer_than_three_distinct_points() -> None:
+    X = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 3.0], [2.0, 3.0]])
+    with pytest.raises(ValueError, match="fewer than 3 distinct points"):
+        lid.twonn(X)
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("X", "exc", "match"),
+    [
+        (np.where(np.arange(40)[:, None] == 3, np.nan, X0[:40]), ValueError, "NaN or infinite"),
+        (np.where(np.arange(40)[:, None] == 3, np.inf, X0[:40]), ValueError, "NaN or infinite"),
+        (X0[:, 0], ValueError, "2-D"),
+        (X0.reshape(40, 20, -1), ValueError, "2-D"),
+        (np.zeros((0, 4)), ValueError, "empty"),
+        (np.zeros((10, 0)), ValueError, "empty"),
+        (X0[:40].astype(object), TypeError, "dtype"),
+        (np.array([["a", "b"]] * 5), TypeError, "dtype"),
+        (X0[:40].astype(np.complex128), TypeError, "dtype"),
+        ("not an array", TypeError, "dtype"),
+    ],
+)
+def test_bad_arrays_raise_clear_errors(X: object, exc: type[Exception], match: str) -> None:
+    for fit in (lid.twonn, lid.mle):
+        with pytest.raises(exc, match=match):
+            fit(X)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: lid.MLE(k=25), "k = 25 must be smaller"),
+        (lambda: lid.MLE(k=1), "k must be at least 2"),
+        (lambda: lid.MLE(k=-3), "k must be >= 0"),
+        (lambda: lid.MLE(k=2, unbiased=True), "k must be at least 3"),
+        (lambda: lid.MLE(comb="max"), "comb must be"),
+        (lambda: lid.TwoNN(discard_fraction=1.0), "discard_fraction must be in"),
+        (lambda: lid.TwoNN(discard_fraction=0.0), "discard_fraction must be > 0"),
+        (lambda: lid.TwoNN(method="fit"), "method must be"),
+        (lambda: lid.TwoNN(bootstrap=-1), "bootstrap must be >= 0"),
+        (lambda: lid.TwoNN(duplicate_tol=-1.0), "duplicate_tol"),
+        (lambda: lid.TwoNN(duplicate_tol=float("nan")), "duplicate_tol"),
+    ],
+)
+def test_bad_parameters_raise_value_error(make, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        make().fit(X0[:25])
+
+
+def test_k_equal_to_n_points() -> None:
+    with pytest.raises(ValueError, match="k = 20 must be smaller than the number of distinct"):
+        lid.mle(X0[:20])
+
+
+def test_mle_k_limits_match_skdim_semantics() -> None:
+    # k neighbours exclude the point itself: k = n - 1 is the largest valid value.
+    X = X0[:30]
+    assert np.isfinite(lid.mle(X, k=29))
+
+
+# --- uncertainty ---------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_and_determinism() -> None:
+    est = lid.TwoNN(bootstrap=100, random_state=0).fit(X0)
+    lo, hi = est.ci_
+    assert lo < est.dimension_ < hi
+    assert hi - lo < 0.5 * est.dimension_
+    assert lid.TwoNN(bootstrap=100, random_state=0).fit(X0).ci_ == (lo, hi)
+    assert lid.TwoNN(bootstrap=100, random_state=1).fit(X0).ci_ != (lo, hi)
+    assert not hasattr(lid.TwoNN().fit(X0), "ci_")
+    mle = lid.MLE(bootstrap=50, random_state=0).fit(X0)
+    assert mle.ci_[0] < mle.dimension_ < mle.ci_[1]
+
+
+def test_scales_halve_down_to_a_floor() -> None:
+    est = lid.TwoNN(scales=True, random_state=0).fit(X0)
+    sizes = [n for n, _ in est.scales_]
+    assert sizes == [800, 400, 200, 100, 50, 25]
+    assert est.scales_[0][1] == est.dimension_
+    assert all(5 < d < 12 for _, d in est.scales_[:4])
+    assert [n for n, _ in lid.MLE(scales=True).fit(X0).scales_] == [800, 400, 200, 100, 50, 25]
+
+
+# --- inputs and many layers ------------------------------------------------------------------
+
+
+def test_inputs_torch_lists_ints_and_layouts() -> None:
+    X32 = X0.astype(np.float32)
+    ref = lid.twonn(X32)
+    assert lid.twonn(torch.from_numpy(X32)) == ref
+    assert lid.twonn(torch.from_numpy(X32).requires_grad_()) == ref
+    assert lid.twonn(np.asfortranarray(X32)) == ref
+    assert lid.twonn(X32.tolist()) == lid.twonn(X32.astype(np.float64))
+    assert lid.twonn(np.repeat(X32, 2, axis=0)[::2]) == ref  # strided view, converted once
+    ints = np.random.default_rng(0).integers(0, 1000, size=(300, 6))
+    assert lid.twonn(ints) == lid.twonn(ints.astype(np.float64))
+
+
+def test_estimate_layers_matches_single_estimates() -> None:
+    layers = [_gauss(seed=s, d=d) for s, d in enumerate((3, 6, 9))]
+    layers[1] = torch.from_numpy(layers[1].astype(np.float32))
+    res = lid.estimate_layers(layers, "mle", k=10, bootstrap=20, random_state=0)
+    assert [r.n_samples for r in res] == [800] * 3
+    for r, X in zip(res, layers, strict=True):
+        assert r.dimension == lid.mle(X, k=10)
+        assert r.ci is not None and r.scales is None and r.n_duplicates == 0
+    twonn = lid.estimate_layers(layers)
+    assert [r.dimension for r in twonn] == [lid.twonn(X) for X in layers]
+    assert lid.estimate_layers([]) == []
+
+
+def test_estimate_layers_errors_name_the_layer() -> None:
+    bad = X0.copy()
+    bad[5, 5] = np.nan
+    with pytest.raises(ValueError, match="layer 1: X contains NaN"):
+        lid.estimate_layers([X0, bad])
+    with pytest.raises(TypeError, match=r"arrays\[1\]"):
+        lid.estimate_layers([X0, X0.astype(object)])
+    with pytest.raises(TypeError, match="sequence"):
+        lid.estimate_layers(np.stack([X0, X0]))
+    with pytest.raises(ValueError, match="estimator must be"):
+        lid.estimate_layers([X0], "pca")
+    with pytest.raises(TypeError, match="k"):
+        lid.estimate_layers([X0], "twonn", k=5)
+
+
+def test_sklearn_conventions() -> None:
+    est = lid.TwoNN(discard_fraction=0.2)
+    assert est.get_params()["discard_fraction"] == 0.2
+    assert not hasattr(est, "dimension_")
+    assert est.fit(X0) is est
+    assert est.fit_transform(X0) == est.dimension_
+    assert "discard_fraction=0.2" in repr(est)
