@@ -13,7 +13,7 @@ from lorax_core.adapters import AdapterConfig, inject
 from lorax_core.allocators import AdaLoRA, ElaLoRA
 
 N_LAYERS = 2  # the first two real MiniLM blocks keep the test short
-T, T_INIT, T_FINAL, INTERVAL = 14, 2, 2, 2
+T, T_INIT, T_FINAL, INTERVAL = 10, 2, 2, 2
 
 
 def svd_minilm(minilm_dir, r: int = 4, r_max: int = 8) -> torch.nn.Module:

@@ -133,3 +133,44 @@ impl AllocatorState {
         Ok(state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_roundtrip_bit_exactly() {
+        let phases = Phases::new(10, 1, 1).unwrap();
+        let cfg = ElaLoRAConfig {
+            phases,
+            b0: 4,
+            k: 2,
+            interval: 1,
+        };
+        let tricky = vec![
+            1.963_141_038_618_942_7e-10,
+            0.1 + 0.2,
+            5.571_446_878_475_200_5e-15,
+            f64::MIN_POSITIVE,
+            1.0 - f64::EPSILON,
+        ];
+        let state = AllocatorState {
+            version: STATE_VERSION,
+            method: Method::ElaLoRA(cfg),
+            modules: vec![ModuleState {
+                name: "m".into(),
+                rank: 5,
+                capacity: 8,
+            }],
+            last_step: Some(3),
+            last_scores: vec![tricky.clone()],
+            history: vec![],
+            seed: u64::MAX,
+            rng_word_pos: [1, u64::MAX],
+        };
+        let back = AllocatorState::from_json(&state.to_json().unwrap()).unwrap();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.last_scores[0]), bits(&tricky));
+        assert_eq!(back, state);
+    }
+}
