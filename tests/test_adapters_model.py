@@ -213,6 +213,18 @@ def test_rank_plan_is_accepted(pristine: nn.Module) -> None:
         assert layer.r == plan.modules[name].rank
 
 
+def test_plan_for_another_model_is_rejected(pristine: nn.Module) -> None:
+    plan_module = pytest.importorskip("lorax_core.gelora.plan")
+    llama_names = {f"model.layers.{i}.self_attn.q_proj": (576, 576) for i in range(2)}
+    wider = {f"encoder.layer.{i}.attention.self.query": (512, 512) for i in range(2)}
+    for shapes, message in ((llama_names, "lacks"), (wider, "shape")):
+        plan = plan_module.plan_ranks([4.0, 6.0, 9.0], shapes, None)  # type: ignore[attr-defined]
+        model = copy.deepcopy(pristine)
+        with pytest.raises(ValueError, match=message):
+            inject(model, plan)
+        assert not adapted_modules(model)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

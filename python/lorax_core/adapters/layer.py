@@ -34,7 +34,7 @@ def kaiming_uniform_bound(fan_in: int) -> float:
 class AdapterLinear(nn.Module, ABC):
     """Base class: ``y = base_layer(x) + adapter(dropout(x))``.
 
-    Subclasses define the adapter parameters, :meth:`adapter_output` and :meth:`delta_weight`.
+    Subclasses define the adapter parameters, :meth:`combine` and :meth:`delta_weight`.
     ``base_layer`` keeps the original ``nn.Linear`` (weight and bias untouched unless merged or
     residual-initialised), so the base model's state-dict keys reappear under
     ``<module>.base_layer.``.
