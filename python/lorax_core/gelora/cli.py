@@ -247,17 +247,18 @@ def _from_model(
     model_dir: Path, texts: list[str], data_name: str, args: argparse.Namespace
 ) -> tuple[list[np.ndarray], dict[str, tuple[int, int]], dict[str, Any], dict[str, Any]]:
     if args.pooling == "tokens":
+        # Every text holds several tokens: n_samples texts are enough to draw n_samples tokens.
         n_samples = args.n_samples or DEFAULT_N_SAMPLES
-        chosen = texts
+        n_texts = min(n_samples, len(texts))
     else:
         if args.n_samples is not None and args.n_samples > len(texts):
             raise ValueError(
                 f"--n-samples {args.n_samples} is larger than the data, which holds "
                 f"{len(texts)} texts"
             )
-        n_samples = args.n_samples or min(DEFAULT_N_SAMPLES, len(texts))
-        rng = np.random.default_rng(args.seed)
-        chosen = [texts[i] for i in sorted(rng.choice(len(texts), n_samples, replace=False))]
+        n_samples = n_texts = args.n_samples or min(DEFAULT_N_SAMPLES, len(texts))
+    rng = np.random.default_rng(args.seed)
+    chosen = [texts[i] for i in rng.choice(len(texts), n_texts, replace=False)]
     # Batches of similar length waste little compute on padding; row order does not matter.
     chosen = sorted(chosen, key=len)
     model, tokenizer = _load_transformers(model_dir)
