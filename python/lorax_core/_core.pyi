@@ -43,6 +43,21 @@ def estimate_id_many(
     duplicate_tol: float,
 ) -> list[_IdTuple]: ...
 
+# --- Nyström sketch (rust/py/src/nystrom.rs) ---
+
+def nystrom(
+    w: _Float2D,
+    rank: int,
+    *,
+    oversample: int = 10,
+    power_iters: int = 1,
+    seed: int = 0,
+    rcond: float | None = None,
+) -> (
+    tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    | tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+): ...
+
 # --- rank allocator: AdaLoRA / ElaLoRA (rust/py/src/allocator.rs) ---
 
 class RankAllocator:

@@ -9,11 +9,13 @@ mod allocator;
 mod arrays;
 mod errors;
 mod id;
+mod nystrom;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     allocator::register(m)?;
     id::register(m)?;
+    nystrom::register(m)?;
     Ok(())
 }
