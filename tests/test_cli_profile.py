@@ -106,6 +106,39 @@ def test_checkpoint_and_text_end_to_end(tmp_path: Path, minilm_dir: Path, paragr
     assert f"plan: {plan.num_parameters:,} LoRA parameters" in run.stdout
 
 
+def test_checkpoint_with_token_pooling(
+    tmp_path: Path, minilm_dir: Path, paragraphs, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(paragraphs[:20]))
+    out = tmp_path / "plan.json"
+    args = [
+        str(minilm_dir),
+        "--data",
+        str(data),
+        "--pooling",
+        "tokens",
+        "--n-samples",
+        "150",
+        "--max-length",
+        "24",
+        "--bootstrap",
+        "0",
+        "--budget",
+        "uniform:8",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    plan = RankPlan.from_json(out)
+    assert plan.capture["pooling"] == "tokens" and plan.capture["n_samples"] == 150
+    assert plan.num_parameters <= plan.budget == plan.uniform_parameters(8)
+    assert "uniform r=8" in capsys.readouterr().out
+    too_many = [*args[:5], "--n-samples", "2000", *args[7:]]
+    assert main(too_many) == 2
+    assert "only" in capsys.readouterr().err  # 20 texts × ≤ 24 tokens < 2000 tokens
+
+
 def test_hidden_states_file(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "plan.json"
     assert main([str(hidden_file), "--bootstrap", "0", "--out", str(out), "--c", "2"]) == 0
