@@ -3,8 +3,21 @@
 Checked against the compiled module by ``python -m mypy.stubtest lorax_core._core``.
 """
 
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "RankAllocator",
+    "__version__",
+    "adalora_budget",
+    "elalora_budget",
+    "estimate_id",
+    "estimate_id_many",
+    "knn",
+    "nystrom",
+]
 
 __version__: str
 
@@ -60,6 +73,7 @@ def nystrom(
 
 # --- rank allocator: AdaLoRA / ElaLoRA (rust/py/src/allocator.rs) ---
 
+@final
 class RankAllocator:
     @staticmethod
     def adalora(
