@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -415,3 +416,30 @@ def test_import_points_native_folders_to_load_adapter(tmp_path: Path) -> None:
     save_adapter(model, tmp_path)
     with pytest.raises(ValueError, match="read it with load_adapter"):
         import_peft(nn.Sequential(nn.Linear(4, 3)), tmp_path)
+
+
+def test_import_honours_peft_regex_targets_and_exclusions(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    block = nn.Sequential(
+        OrderedDict(proj_in=nn.Linear(6, 5), mid=nn.Sequential(nn.Linear(5, 5), nn.Linear(5, 5)))
+    )
+    base = nn.Sequential(block, nn.Tanh(), nn.Linear(5, 3))
+    config = LoraConfig(
+        r=2,
+        lora_alpha=5,
+        target_modules=r".*(proj_in|mid\.\d)",
+        exclude_modules=["mid.1"],
+        rank_pattern={"proj_in": 3},
+        init_lora_weights=False,  # PEFT's random A and B
+    )
+    peft_model = get_peft_model(copy.deepcopy(base), config).eval()
+    peft_model.save_pretrained(str(tmp_path))
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        theirs = peft_model(x)
+        assert (theirs - base(x)).abs().max() > 1e-2
+    ours = import_peft(copy.deepcopy(base), tmp_path)
+    assert sorted(adapted_modules(ours)) == ["0.mid.0", "0.proj_in"]
+    assert adapted_modules(ours)["0.proj_in"].r == 3
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs, atol=1e-6, rtol=1e-6)

@@ -82,7 +82,14 @@ _NEUTRAL_FIELDS: dict[str, tuple[Any, ...]] = {
     "use_bdlora": (None, False),
     "alora_invocation_tokens": (None, []),
     "megatron_config": (None,),
+    "arrow_config": (None,),
+    "kasa_config": (None,),
+    "monteclora_config": (None,),
+    "velora_config": (None,),
 }
+# init_lora_weights values for which PEFT rewrites the base weight (the saved factors are then
+# relative to that residual weight, not to the base model's).
+_RESIDUAL_PEFT_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
 @dataclass(frozen=True)
@@ -96,18 +103,23 @@ class _Export:
     dtype: torch.dtype  # the adapter's parameter dtype, used on disk
 
 
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached float64 CPU copy (exports are folded on the host, written from there)."""
+    return tensor.detach().to(device="cpu", dtype=torch.float64)
+
+
 def _product(layer: AdapterLinear, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B_eff, A_eff)`` in float64 with ``B_eff @ A_eff`` = the layer's B [N] [diag(E)] A.
 
     ``prefix`` is ``""`` for the trained factors or ``"init_"`` for the residual init's buffers.
     """
-    A = getattr(layer, prefix + "lora_A").detach().double()
-    B = getattr(layer, prefix + "lora_B").detach().double()
+    A = _host(getattr(layer, prefix + "lora_A"))
+    B = _host(getattr(layer, prefix + "lora_B"))
     N = getattr(layer, prefix + "lora_N", None)
     if N is not None:
-        B = B @ N.detach().double()
+        B = B @ _host(N)
     if isinstance(layer, SVDLinear) and not prefix:
-        E = layer.lora_E.detach().double().reshape(-1)
+        E = _host(layer.lora_E).reshape(-1)
         active = torch.arange(E.numel()) < int(layer.active_rank)
         keep = torch.nonzero(active & (E != 0)).reshape(-1)
         if keep.numel() == 0:  # nothing active: one exactly-zero rank (PEFT needs r ≥ 1)
@@ -126,7 +138,7 @@ def _module_export(layer: AdapterLinear) -> _Export:
         A=A,
         B=B,
         scaling=float(layer.scaling),
-        magnitude=None if magnitude is None else magnitude.detach(),
+        magnitude=None if magnitude is None else magnitude.detach().cpu(),
         dtype=layer.adapter_dtype,
     )
 
@@ -203,10 +215,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
             ranks[name] = k
             alphas[name] = _tidy(e.scaling * (math.sqrt(k) if use_rslora else k))
         key = f"{_PREFIX}{name}."
-        tensors[key + _A] = A.to(e.dtype).contiguous().cpu()
-        tensors[key + _B] = B.to(e.dtype).contiguous().cpu()
+        tensors[key + _A] = A.to(e.dtype).contiguous()
+        tensors[key + _B] = B.to(e.dtype).contiguous()
         if e.magnitude is not None:
-            tensors[key + _M] = e.magnitude.contiguous().cpu()
+            tensors[key + _M] = e.magnitude.contiguous()
     r = _most_common(list(ranks.values()))
     alpha = _most_common([a for n, a in alphas.items() if ranks[n] == r])
     uniform = len(set(ranks.values())) == 1 and len(set(alphas.values())) == 1
@@ -279,10 +291,10 @@ def _read_config(path: Path) -> dict[str, Any]:
                 f"(supported: {neutral[0]!r})"
             )
     init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "lora_ga")):
+    if isinstance(init, str) and init.lower().startswith(_RESIDUAL_PEFT_INITS):
         raise ValueError(
             f"{CONFIG_NAME}: init_lora_weights={init!r} means the weights are relative to a "
-            "residual base model; save the adapter from PEFT with "
+            "rewritten base model; save the adapter from PEFT with "
             "path_initial_model_for_weight_conversion=... to convert it to a plain LoRA first"
         )
     if config.get("target_modules") in (None, "all-linear"):
