@@ -92,6 +92,7 @@ def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
 
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ModuleNotFoundError(
             "--plot needs matplotlib: pip install 'lorax-core[plot]'"
@@ -110,6 +111,8 @@ def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
             label="rank r_i",
         )
         ranks_ax.set_ylabel("LoRA rank r_i")
+        ranks_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ranks_ax.set_ylim(0, max((r for _, r in blocks), default=1) + 1)
         # A bootstrap interval need not contain the point estimate; clip the bars at it.
         low = [
             max(layer.dimension - layer.ci[0], 0.0) if layer.ci else 0.0 for layer in plan.layers
