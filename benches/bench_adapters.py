@@ -12,7 +12,10 @@ optimizer; gradients set to None after each step).
 
 Time: after warm-up, ``--rounds`` rounds each run every variant once, in an order rotated per
 round (interleaved, so load on a shared machine hits all alike); we print the median and the
-inter-quartile range, and ours/PEFT ratios of medians.
+inter-quartile range, the ours/PEFT ratio of medians, and the median of the per-round ratios
+(each pair measured seconds apart, which cancels slow drifts in machine load), for wall-clock
+time and for the process's CPU time (which leaves out waiting for a core on a busy machine;
+use ``--threads 1`` there, as CPU time sums over threads).
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated
 before it. On CPU, PyTorch has no allocator statistics, so one step runs under a
@@ -100,22 +103,25 @@ def _sync(device: torch.device) -> None:
 
 def time_steps(
     steps: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds per step of every variant, interleaved with a rotating order."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per step of every variant, interleaved with a rotating
+    order. CPU time excludes the time the process waits for a core on a loaded machine."""
     names = list(steps)
     for name in names:
         for _ in range(warmup):
             steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
         order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             _sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[name]()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def peak_step_bytes(model: nn.Module, inputs: Inputs, device: torch.device) -> int:
@@ -216,18 +222,29 @@ def run(name: str, base: nn.Module, inputs: Inputs, targets: list[str], args: An
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
     steps = {k: make_step(m, inputs) for k, m in variants.items()}
-    times = time_steps(steps, args.rounds, args.warmup, device)
+    wall, cpu = time_steps(steps, args.rounds, args.warmup, device)
     memory = {k: peak_step_bytes(m, inputs, device) for k, m in variants.items()}
     print(f"\n## {name} ({args.rounds} interleaved rounds, {args.device}, {args.dtype})")
-    print("| variant | median ms | IQR ms | peak step MiB |")
-    print("|---|---:|---:|---:|")
+    print("| variant | median wall ms | IQR ms | median CPU ms | peak step MiB |")
+    print("|---|---:|---:|---:|---:|")
     for key in variants:
-        q1, q2, q3 = _quartiles(times[key])
-        print(f"| {key} | {1e3 * q2:.1f} | {1e3 * (q3 - q1):.1f} | {memory[key] / 2**20:.1f} |")
+        q1, q2, q3 = _quartiles(wall[key])
+        cpu_ms = 1e3 * statistics.median(cpu[key])
+        print(
+            f"| {key} | {1e3 * q2:.1f} | {1e3 * (q3 - q1):.1f} | {cpu_ms:.1f} "
+            f"| {memory[key] / 2**20:.1f} |"
+        )
     for method in ("lora", "dora"):
-        t = statistics.median(times[f"ours {method}"]) / statistics.median(times[f"peft {method}"])
         m = memory[f"ours {method}"] / memory[f"peft {method}"]
-        print(f"ratio ours/peft {method}: time {t:.3f}, peak memory {m:.3f}")
+        print(f"ours/peft {method}: peak memory {m:.3f}")
+        for clock, times in (("wall", wall), ("CPU", cpu)):
+            ours, peft = times[f"ours {method}"], times[f"peft {method}"]
+            t = statistics.median(ours) / statistics.median(peft)
+            q1, paired, q3 = _quartiles([a / b for a, b in zip(ours, peft, strict=True)])
+            print(
+                f"  {clock} time {t:.3f} (ratio of medians), {paired:.3f} "
+                f"(median of per-round ratios, IQR {q1:.3f}-{q3:.3f})"
+            )
 
 
 def main() -> None:

@@ -121,15 +121,13 @@ def _resolve(config_or_plan: object, overrides: dict[str, Any]) -> AdapterConfig
 def select_modules(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Linear]:
     """The modules ``config`` targets, validated: every target entry and every rank/alpha
     pattern key must match something, and every match must be an ``nn.Linear``."""
-    names = [name for name, _ in model.named_modules() if name]
+    modules = {name: module for name, module in model.named_modules() if name}
     targets = config.target_modules
     assert targets is not None  # AdapterConfig guarantees it
     selected = {
-        n: model.get_submodule(n)
-        for n in names
-        if module_selected(targets, config.exclude_modules, n)
+        n: m for n, m in modules.items() if module_selected(targets, config.exclude_modules, n)
     }
-    linear = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    linear = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
     hint = f"; nn.Linear modules of the model include {linear[:6]}"
     if isinstance(targets, str):
         if not selected:
