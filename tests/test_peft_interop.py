@@ -443,3 +443,20 @@ def test_import_honours_peft_regex_targets_and_exclusions(tmp_path: Path) -> Non
     assert adapted_modules(ours)["0.proj_in"].r == 3
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs, atol=1e-6, rtol=1e-6)
+
+
+def test_import_rejects_an_adapter_for_another_bert(base: nn.Module, tmp_path: Path) -> None:
+    """A MiniLM adapter on a BERT with the same module names but another width is refused."""
+    from transformers import BertConfig, BertModel
+
+    model = copy.deepcopy(base)
+    inject(model, AdapterConfig(r=4, alpha=8, target_modules=TARGETS))
+    export_peft(model, tmp_path)
+    other = BertModel(
+        BertConfig(hidden_size=64, num_hidden_layers=6, num_attention_heads=2, intermediate_size=96)
+    )
+    with pytest.raises(
+        ValueError, match=r"lora_A\.weight' has shape \(4, 384\), expected \(4, 64\)"
+    ):
+        import_peft(other, tmp_path)
+    assert not adapted_modules(other)
