@@ -113,3 +113,25 @@ def test_scores_reject_bad_betas():
         ImportanceScores({"l": layer}, 1.0, 0.5)
     with pytest.raises(ValueError, match="beta2"):
         ImportanceScores({"l": layer}, 0.5, 0.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ordinary_steps_never_synchronise_with_the_host():
+    from lorax_core.allocators import ElaLoRA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SVDLinear(torch.nn.Linear(32, 16), r=4, r_max=8)).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    alloc = ElaLoRA(model, 20, t_init=5, t_final=5, interval=5, optimizer=opt)
+    x = torch.randn(8, 32, device="cuda")
+    for t in range(1, 5):  # ordinary steps only
+        model(x).pow(2).sum().backward()
+        opt.step()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            alloc.step(t)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        opt.zero_grad()
+    assert alloc.scores_.ipt["0"][1].device.type == "cuda"
