@@ -1,10 +1,16 @@
 //! The fused tile kernel: one GEMM tile of inner products turned into squared distances and
 //! offered, in the same pass, to the candidate lists of both row blocks it touches.
 
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
 use super::topk::TopK;
 
 /// Rows per block. A `BLOCK × BLOCK` float32 tile (256 KiB) stays in L2 while it is scanned.
 pub const BLOCK: usize = 256;
+
+/// Columns screened together before any candidate list is touched.
+const LANES: usize = 16;
 
 /// Centred float32 points, row-major `n × d`, with their squared norms.
 pub struct Centred {
@@ -22,34 +28,13 @@ impl Centred {
     }
 }
 
-/// `c (m × n, row-major) = a (m × d, row-major) · bᵀ` where `b` is `n × d` row-major.
+/// `c (m × n, row-major) = a (m × d, row-major) · bᵀ` where `b` is `n × d` row-major;
+/// single-threaded (tiles are the unit of parallelism).
 fn gemm_nt(a: &[f32], b: &[f32], m: usize, n: usize, d: usize, c: &mut [f32]) {
-    debug_assert!(a.len() >= m * d && b.len() >= n * d && c.len() >= m * n);
-    // SAFETY: the asserted lengths cover every index the strides reach: lhs (i, t) at
-    // i * d + t < m * d, rhs (t, j) at j * d + t < n * d, dst (i, j) at i * n + j < m * n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let lhs = MatRef::from_row_major_slice(&a[..m * d], m, d);
+    let rhs = MatRef::from_row_major_slice(&b[..n * d], n, d);
+    let dst = MatMut::from_row_major_slice_mut(&mut c[..m * n], m, n);
+    matmul(dst, Accum::Replace, lhs, rhs.transpose(), 1.0f32, Par::Seq);
 }
 
 /// Squared distance from the expansion ‖x‖² + ‖y‖² − 2x·y, clamped at zero.
@@ -98,28 +83,32 @@ pub fn off_diagonal(
     for a in 0..li {
         let g = &buf[a * lj..(a + 1) * lj];
         let s = sqi[a];
-        let mut bound_a = top_i.bounds()[a];
-        // Cheap pre-filter over the row: skip it if no value can enter either side.
-        let any = g
-            .iter()
-            .zip(sqj)
-            .zip(top_j.bounds())
-            .fold(false, |acc, ((&gv, &sb), &tb)| {
-                let v = dist2(s, sb, gv);
-                acc | (v <= bound_a) | (v <= tb)
-            });
-        if !any {
-            continue;
-        }
-        for b in 0..lj {
-            let v = dist2(s, sqj[b], g[b]);
-            if v <= bound_a {
-                top_i.push(a, v, (sj + b) as u32);
-                bound_a = top_i.bounds()[a];
+        // Chunks of LANES columns are screened with branch-free (vectorised) compares; only
+        // chunks holding a value that can enter either list are walked one by one.
+        let mut b0 = 0;
+        while b0 < lj {
+            let end = (b0 + LANES).min(lj);
+            let bound_a = top_i.bounds()[a];
+            let any = g[b0..end]
+                .iter()
+                .zip(&sqj[b0..end])
+                .zip(&top_j.bounds()[b0..end])
+                .fold(false, |acc, ((&gv, &sb), &tb)| {
+                    let v = dist2(s, sb, gv);
+                    acc | (v <= bound_a) | (v <= tb)
+                });
+            if any {
+                for b in b0..end {
+                    let v = dist2(s, sqj[b], g[b]);
+                    if v <= top_i.bounds()[a] {
+                        top_i.push(a, v, (sj + b) as u32);
+                    }
+                    if v <= top_j.bounds()[b] {
+                        top_j.push(b, v, (si + a) as u32);
+                    }
+                }
             }
-            if v <= top_j.bounds()[b] {
-                top_j.push(b, v, (si + a) as u32);
-            }
+            b0 = end;
         }
     }
 }
