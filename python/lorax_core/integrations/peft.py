@@ -52,10 +52,9 @@ from safetensors.torch import save
 from torch import nn
 
 from lorax_core.adapters.config import AdapterConfig
-from lorax_core.adapters.inject import adapted_modules, inject
+from lorax_core.adapters.inject import adapted_modules, inject, select_modules
 from lorax_core.adapters.io import CONFIG_NAME, FORMAT, WEIGHTS_NAME, write_atomic
 from lorax_core.adapters.layer import AdapterLinear
-from lorax_core.adapters.patterns import module_selected
 from lorax_core.adapters.svd import SVDLinear
 
 __all__ = ["CONFIG_NAME", "MODES", "WEIGHTS_NAME", "export_peft", "import_peft"]
@@ -346,12 +345,11 @@ def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modul
     config = _read_config(folder / CONFIG_NAME)
     tensors = _read_tensors(folder / WEIGHTS_NAME)
     use_dora = bool(config.get("use_dora", False))
-    targets: str | list[str] = config["target_modules"]
     adapter = AdapterConfig(
         method="dora" if use_dora else "lora",
         r=config.get("r", 8),
         alpha=config.get("lora_alpha", 8),
-        target_modules=targets,
+        target_modules=config["target_modules"],
         exclude_modules=config.get("exclude_modules"),
         rank_pattern=config.get("rank_pattern") or None,
         alpha_pattern=config.get("alpha_pattern") or None,
@@ -372,21 +370,14 @@ def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modul
             "adapter does not match the base model: it has weights for modules that are not "
             f"nn.Linear layers of this model: {absent[:5]}"
         )
-    selected = sorted(
-        n
-        for n, m in modules.items()
-        if isinstance(m, nn.Linear) and module_selected(targets, adapter.exclude_modules, n)
-    )
-    if not selected:
-        raise ValueError(
-            f"adapter does not match the base model: target_modules={targets!r} "
-            "selects no nn.Linear layer of this model"
-        )
+    try:
+        selected = select_modules(model, adapter)
+    except ValueError as err:
+        raise ValueError(f"adapter does not match the base model: {err}") from err
     unused = sorted(set(by_module) - set(selected))
     if unused:
         raise ValueError(f"{WEIGHTS_NAME} has tensors for modules not targeted: {unused[:5]}")
-    for name in selected:
-        layer: nn.Linear = modules[name]  # type: ignore[assignment]
+    for name, layer in selected.items():
         rank = adapter.rank_for(name)
         expected = {
             _A: (rank, layer.in_features),
