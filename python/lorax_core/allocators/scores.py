@@ -29,16 +29,16 @@ RANK_AXES: tuple[tuple[str, int], ...] = (("lora_A", 0), ("lora_E", 0), ("lora_B
 
 @torch.no_grad()
 def update_importance_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    ipt: Sequence[torch.Tensor],
-    unc: Sequence[torch.Tensor],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    ipt: list[torch.Tensor],
+    unc: list[torch.Tensor],
     beta1: float,
     beta2: float,
 ) -> None:
     """In place: ``ipt ← β1 ipt + (1 − β1)|p ⊙ g|``, ``unc ← β2 unc + (1 − β2)|I − ipt|``.
 
-    All four sequences are parallel lists of same-shape tensors on one device (any float dtype).
+    All four are parallel lists of same-shape tensors on one device (any float dtype).
     """
     if not params:
         return
