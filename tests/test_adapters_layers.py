@@ -252,6 +252,11 @@ def test_low_precision_base_keeps_float32_adapters(
 
 
 def test_torch_compile_matches_eager() -> None:
+    """Dynamo captures LoRA and DoRA in one graph (fullgraph) and AOTAutograd differentiates it.
+
+    The aot_eager backend skips inductor's C++ code generation, which takes minutes on a cold
+    2-core machine; the graph handed to inductor is the same.
+    """
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(IN, 32), nn.GELU(), nn.Linear(32, OUT))
     model[0] = DoraLinear(model[0], R, 8.0)
