@@ -22,11 +22,9 @@ Loading into a model that already has adapters replaces adapter tensors only.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from lorax_core._atomic import atomic_write_bytes
 from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
 from lorax_core.adapters.inject import (
     adapted_modules,
@@ -53,27 +52,6 @@ FORMAT = "lorax_core.adapter"
 FORMAT_VERSION = 1
 # Buffers holding the initial factors of residual inits (registered by lorax_core.init).
 INIT_BUFFERS = ("init_lora_A", "init_lora_B", "init_lora_N")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _module_record(layer: AdapterLinear) -> dict[str, Any]:
@@ -124,8 +102,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     except (TypeError, ValueError) as err:
         raise TypeError(f"config is not JSON-serialisable (check init_options): {err}") from err
     path.mkdir(parents=True, exist_ok=True)
-    write_atomic(path / WEIGHTS_NAME, weights)
-    write_atomic(path / CONFIG_NAME, text.encode())
+    atomic_write_bytes(path / WEIGHTS_NAME, weights)
+    atomic_write_bytes(path / CONFIG_NAME, text.encode())
     return path
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from lorax_core._atomic import atomic_write
 from lorax_core.gelora.modules import ModuleShapes, block_of, linear_modules, select_targets
-from lorax_core.gelora.states import atomic_write
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "LayerProfile", "ModulePlan", "RankPlan", "plan_ranks"]
 

@@ -6,8 +6,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from lorax_core._atomic import atomic_write
 from lorax_core.gelora.plan import RankPlan
-from lorax_core.gelora.states import atomic_write
 
 __all__ = ["format_modules", "format_table", "save_plot"]
 

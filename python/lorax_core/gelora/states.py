@@ -15,7 +15,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from lorax_core._atomic import atomic_write
+
 __all__ = [
     "HIDDEN_PREFIX",
     "HiddenStates",
-    "atomic_write",
     "load_hidden_states",
     "read_header",
     "save_hidden_states",
@@ -70,23 +70,6 @@ class HiddenStates:
     def n_samples(self) -> int:
         """Rows (examples) per layer."""
         return int(self.layers[0].shape[0])
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash or an exception in ``write`` never leaves a half-written ``path`` behind.
-    """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def save_hidden_states(

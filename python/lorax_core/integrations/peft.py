@@ -51,9 +51,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
+from lorax_core._atomic import atomic_write_bytes
 from lorax_core.adapters.config import AdapterConfig
 from lorax_core.adapters.inject import adapted_modules, inject, select_modules
-from lorax_core.adapters.io import CONFIG_NAME, FORMAT, WEIGHTS_NAME, write_atomic
+from lorax_core.adapters.io import CONFIG_NAME, FORMAT, WEIGHTS_NAME
 from lorax_core.adapters.layer import AdapterLinear
 from lorax_core.adapters.svd import SVDLinear
 
@@ -258,9 +259,9 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
     }
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / WEIGHTS_NAME, save(tensors, metadata=metadata))
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata=metadata))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    write_atomic(out / CONFIG_NAME, text.encode("utf-8"))
+    atomic_write_bytes(out / CONFIG_NAME, text.encode("utf-8"))
     return out
 
 
