@@ -77,7 +77,6 @@ def bench_size(n: int, reps: int, peer_reps: int) -> dict[str, float]:
             runs["sk_mle"].append(timed(lambda: skdim_mle(X)))
         runs["gemm"].append(sgemm_gflops())
     med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"  N={n}: dims ours TwoNN {lid.twonn(X):.4f} MLE {lid.mle(X):.4f}", flush=True)
     return med
 
 
@@ -110,22 +109,19 @@ def main() -> None:
     args = p.parse_args()
     sizes = args.sizes or ([2_000, 10_000] if args.quick else [10_000, 50_000])
     print(f"threads: RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'all')}, D={D}")
-    rows = []
-    for n in sizes:
-        peer_reps = 1 if n > 20_000 else args.reps
-        rows.append((n, bench_size(n, args.reps, peer_reps)))
-    print()
     print(
         "| N | kNN s | eff. GFLOP/s | numpy sgemm GFLOP/s | kNN / sgemm | TwoNN s | skdim TwoNN s "
         "| speed-up | MLE s | skdim MLE s | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, m in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for n in sizes:
+        m = bench_size(n, args.reps, 1 if n > 20_000 else args.reps)
         eff = 2 * n * n * D / m["knn"] / 1e9
         print(
             f"| {n} | {m['knn']:.2f} | {eff:.0f} | {m['gemm']:.0f} | {eff / m['gemm']:.2f}x "
             f"| {m['twonn']:.2f} | {m['sk_tw']:.2f} | {m['sk_tw'] / m['twonn']:.1f}x "
-            f"| {m['mle']:.2f} | {m['sk_mle']:.2f} | {m['sk_mle'] / m['mle']:.1f}x |"
+            f"| {m['mle']:.2f} | {m['sk_mle']:.2f} | {m['sk_mle'] / m['mle']:.1f}x |",
+            flush=True,
         )
     if args.memory:
         peak_memory(100_000)
