@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -80,23 +79,32 @@ def bench_size(n: int, reps: int, peer_reps: int) -> dict[str, float]:
     return med
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_memory(n: int) -> None:
-    """Runs TwoNN on ``n × D`` float32 in a subprocess; prints peak RSS beyond the input."""
-    code = (
-        "import resource, numpy as np, sys; sys.path.insert(0, 'benches');"
-        "from bench_id import embedded; from lorax_core import id as lid;"
-        f"X = embedded({n});"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "d = lid.twonn(X);"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "print(f'{d:.4f} {(peak - base) / 1024:.0f}')"
-    )
+    """Runs TwoNN on ``n × D`` float32; prints the peak RSS above the input (sampled, 10 ms)."""
+    X = embedded(n)
+    base = _rss_mib()
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    dim, mib = out.stdout.split()
+    dim = lid.twonn(X)  # the GIL is released, so the sampler keeps running
+    dt = time.perf_counter() - t0
+    done.set()
+    sampler.join()
     print(
-        f"\nN={n}, D={D} float32 TwoNN: {dim} in {time.perf_counter() - t0:.1f} s "
-        f"(incl. data generation); peak memory beyond input and generation: {mib} MiB"
+        f"\nN={n}, D={D} float32 TwoNN: {dim:.4f} in {dt:.1f} s; input "
+        f"{X.nbytes / 2**20:.0f} MiB, peak RSS above it {peak[0] - base:.0f} MiB"
     )
 
 
