@@ -2,7 +2,7 @@
 
     python benches/bench_id.py            # N = 10k and 50k, D = 768 (skdim at 50k: minutes)
     python benches/bench_id.py --quick    # N = 2k and 10k
-    python benches/bench_id.py --memory   # also peak memory of TwoNN at N = 100k (subprocess)
+    python benches/bench_id.py --memory   # also peak memory of TwoNN at N = 100k (sampled RSS)
 
 Data: Gaussian of intrinsic dimension 10 linearly embedded in D = 768, float32. For each N
 the runs are interleaved (ours, scikit-dimension, numpy sgemm, repeat) so that load on a
