@@ -3,24 +3,18 @@
 use lorax_core::allocator::{
     self as core_alloc, AdaLoRAConfig, Allocator, ElaLoRAConfig, Method, Phases,
 };
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::errors::to_py;
+use crate::errors::{non_negative, to_py};
 
 /// One module's decision as returned to Python: `(perm, n_keep, new_rank, seed)`.
 type PyPlan = (Vec<usize>, usize, usize, u64);
 
-fn count(value: i64, name: &str) -> PyResult<u64> {
-    u64::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
-}
-
 fn phases(total_steps: i64, t_init: i64, t_final: i64) -> PyResult<Phases> {
     Phases::new(
-        count(total_steps, "total_steps")?,
-        count(t_init, "t_init")?,
-        count(t_final, "t_final")?,
+        non_negative::<u64>(total_steps, "total_steps")?,
+        non_negative::<u64>(t_init, "t_init")?,
+        non_negative::<u64>(t_final, "t_final")?,
     )
     .map_err(to_py)
 }
@@ -28,7 +22,7 @@ fn phases(total_steps: i64, t_init: i64, t_final: i64) -> PyResult<Phases> {
 fn ranks_of(values: Vec<i64>, name: &str) -> PyResult<Vec<usize>> {
     values
         .into_iter()
-        .map(|v| count(v, name).map(|v| v as usize))
+        .map(|v| non_negative::<usize>(v, name))
         .collect()
 }
 
@@ -61,9 +55,9 @@ impl PyRankAllocator {
         let cfg = AdaLoRAConfig {
             phases: phases(total_steps, t_init, t_final)?,
             init_bgt: 0,
-            target_bgt: count(target_total, "target_total")? as usize,
-            delta_t: count(delta_t, "delta_t")?,
-            min_rank: count(min_rank, "min_rank")? as usize,
+            target_bgt: non_negative::<usize>(target_total, "target_total")?,
+            delta_t: non_negative::<u64>(delta_t, "delta_t")?,
+            min_rank: non_negative::<usize>(min_rank, "min_rank")?,
         };
         let ranks = ranks_of(ranks, "ranks")?;
         let capacities = ranks_of(capacities, "capacities")?;
@@ -91,9 +85,9 @@ impl PyRankAllocator {
     ) -> PyResult<Self> {
         let cfg = ElaLoRAConfig {
             phases: phases(total_steps, t_init, t_final)?,
-            b0: count(b0, "b0")? as usize,
-            k: count(k, "k")? as usize,
-            interval: count(interval, "interval")?,
+            b0: non_negative::<usize>(b0, "b0")?,
+            k: non_negative::<usize>(k, "k")?,
+            interval: non_negative::<u64>(interval, "interval")?,
         };
         let ranks = ranks_of(ranks, "ranks")?;
         let capacities = ranks_of(capacities, "capacities")?;
@@ -151,23 +145,23 @@ impl PyRankAllocator {
 
     /// AdaLoRA's total budget or ElaLoRA's ranks moved per round at step `t`.
     fn budget(&self, t: i64) -> PyResult<usize> {
-        Ok(self.inner.budget(count(t, "t")?))
+        Ok(self.inner.budget(non_negative::<u64>(t, "t")?))
     }
 
     /// Whether importance scores are updated at step `t` (`t < T - t_final`).
     fn updates_scores(&self, t: i64) -> PyResult<bool> {
-        Ok(self.inner.updates_scores(count(t, "t")?))
+        Ok(self.inner.updates_scores(non_negative::<u64>(t, "t")?))
     }
 
     /// Whether step `t` is an allocation step.
     fn is_allocation_step(&self, t: i64) -> PyResult<bool> {
-        Ok(self.inner.is_allocation_step(count(t, "t")?))
+        Ok(self.inner.is_allocation_step(non_negative::<u64>(t, "t")?))
     }
 
     /// Decides step `t` from one per-rank score list per module; returns one
     /// `(perm, n_keep, new_rank, seed)` per module.
     fn allocate(&mut self, t: i64, scores: Vec<Vec<f64>>) -> PyResult<Vec<PyPlan>> {
-        let t = count(t, "t")?;
+        let t = non_negative::<u64>(t, "t")?;
         let plans = self.inner.allocate(t, &scores).map_err(to_py)?;
         Ok(plans
             .into_iter()
@@ -204,10 +198,10 @@ fn adalora_budget(
 ) -> PyResult<usize> {
     let ph = phases(total_steps, t_init, t_final)?;
     Ok(core_alloc::adalora_budget(
-        count(t, "t")?,
+        non_negative::<u64>(t, "t")?,
         &ph,
-        count(init_total, "init_total")? as usize,
-        count(target_total, "target_total")? as usize,
+        non_negative::<usize>(init_total, "init_total")?,
+        non_negative::<usize>(target_total, "target_total")?,
     ))
 }
 
@@ -217,9 +211,9 @@ fn adalora_budget(
 fn elalora_budget(t: i64, total_steps: i64, t_init: i64, t_final: i64, b0: i64) -> PyResult<usize> {
     let ph = phases(total_steps, t_init, t_final)?;
     Ok(core_alloc::elalora_budget(
-        count(t, "t")?,
+        non_negative::<u64>(t, "t")?,
         &ph,
-        count(b0, "b0")? as usize,
+        non_negative::<usize>(b0, "b0")?,
     ))
 }
 

@@ -3,11 +3,10 @@
 use lorax_core::id::{self, Comb, Estimator, IdResult, Mle, Options, TwoNN, TwoNNMethod};
 use lorax_core::knn as core_knn;
 use numpy::{PyArray2, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::arrays::borrow_2d;
-use crate::errors::to_py;
+use crate::errors::{non_negative, to_py};
 
 /// `(dimension, ci, n_samples, n_duplicates, scales)` as returned to Python.
 type PyIdResult = (
@@ -23,11 +22,6 @@ type PyNeighbours<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<i64>>);
 
 fn to_tuple(r: IdResult) -> PyIdResult {
     (r.dimension, r.ci, r.n_samples, r.n_duplicates, r.scales)
-}
-
-fn non_negative(value: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(value)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {value}")))
 }
 
 /// Exact `k` nearest neighbours of each row of `x`: `(distances float64, indices int64)`,
