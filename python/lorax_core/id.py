@@ -17,6 +17,7 @@ re-estimates on nested random halves ``N, N/2, N/4, …`` (down to 16 points, or
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,13 +88,14 @@ def _seed(random_state: object) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int64).max))
 
 
-class _IDEstimator(BaseEstimator):  # type: ignore[misc]
+class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
     """Shared fit logic; subclasses name their estimator and map their parameters."""
 
     _name: str
 
+    @abc.abstractmethod
     def _core_kwargs(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The estimator-specific keyword arguments of ``_core.estimate_id``."""
 
     def _options(self) -> dict[str, Any]:
         return {
