@@ -78,6 +78,18 @@ class DoraLinear(AdapterLinear):
         self._merge_norm: torch.Tensor | None = None
         self.reset_parameters(generator)
 
+    # Parameter groups of the magnitude/direction split (BiDoRA trains them on separate data).
+    direction_names: tuple[str, ...] = ("lora_A", "lora_B")
+    magnitude_names: tuple[str, ...] = ("lora_magnitude",)
+
+    def direction_parameters(self) -> list[nn.Parameter]:
+        """The direction factors ``[lora_A (r, in), lora_B (out, r)]``."""
+        return [getattr(self, name) for name in self.direction_names]
+
+    def magnitude_parameters(self) -> list[nn.Parameter]:
+        """The magnitude ``[lora_magnitude (out,)]``."""
+        return [getattr(self, name) for name in self.magnitude_names]
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         reset_lora_pair(self.lora_A, self.lora_B, generator)
         self.reset_magnitude()
