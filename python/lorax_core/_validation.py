@@ -86,7 +86,8 @@ def _bounds_text(low: float | None, high: float | None, closed: Closed) -> str:
 
 def _within(value: float, low: float | None, high: float | None, closed: Closed) -> bool:
     below = low is not None and (value < low or (value == low and closed not in ("both", "left")))
-    above = high is not None and (value > high or (value == high and closed not in ("both", "right")))
+    right_open = closed not in ("both", "right")
+    above = high is not None and (value > high or (value == high and right_open))
     return not (below or above)
 
 
