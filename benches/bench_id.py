@@ -4,9 +4,10 @@
     python benches/bench_id.py --quick    # N = 2k and 10k
     python benches/bench_id.py --memory   # also peak memory of TwoNN at N = 100k (sampled RSS)
 
-Data: Gaussian of intrinsic dimension 10 linearly embedded in D = 768, float32. For each N
-the runs are interleaved (ours, scikit-dimension, numpy sgemm, repeat) so that load on a
-shared machine hits both sides alike; medians are printed. numpy's rate is that of
+Data: Gaussian of intrinsic dimension 10 linearly embedded in D = 768, float32
+(``lorax_core.synthetic.embedded_gaussian``). For each N the runs are interleaved (ours,
+scikit-dimension, numpy sgemm, each once per round, order rotated; ``benches/harness.py``) so
+that load on a shared machine hits both sides alike; medians are printed. numpy's rate is that of
 ``A @ A.T`` on a 4096×768 float32 block; our kNN "effective" rate counts the 2·N²·D flops of
 the full distance matrix (we compute half of it, by symmetry).
 """
@@ -15,37 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import threading
-import time
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 
+from harness import PeakRSS, interleaved, numpy_sgemm_gflops, timed
 from lorax_core import id as lid
+from lorax_core.synthetic import embedded_gaussian
 
 D = 768
 
 
 def embedded(n: int, d: int = 10, seed: int = 0) -> np.ndarray:
     """``(n, D)`` float32 points of intrinsic dimension ``d``."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((d, D)).astype(np.float32)
-    return rng.standard_normal((n, d)).astype(np.float32) @ w
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def sgemm_gflops() -> float:
-    """numpy float32 GEMM rate (GFLOP/s) on ``A @ A.T``, A = 4096×768."""
-    a = np.random.default_rng(1).standard_normal((4096, D)).astype(np.float32)
-    a @ a.T  # warm-up
-    return 2 * 4096**2 * D / timed(lambda: a @ a.T) / 1e9
+    return embedded_gaussian(n, d, D, seed=seed, dtype=np.float32)
 
 
 def skdim_twonn(X: np.ndarray) -> float:
@@ -63,48 +47,32 @@ def skdim_mle(X: np.ndarray) -> float:
 
 
 def bench_size(n: int, reps: int, peer_reps: int) -> dict[str, float]:
+    """Median seconds of every contender at ``N = n`` (``gemm``: numpy's GFLOP/s instead)."""
     X = embedded(n)
-    runs: dict[str, list[float]] = {
-        k: [] for k in ("knn", "twonn", "mle", "sk_tw", "sk_mle", "gemm")
+    gemm: list[float] = []
+    contenders = {
+        "knn": lambda: lid.nearest_neighbors(X, 2),
+        "twonn": lambda: lid.twonn(X),
+        "mle": lambda: lid.mle(X),
+        "sk_tw": lambda: skdim_twonn(X),
+        "sk_mle": lambda: skdim_mle(X),
+        "gemm": lambda: gemm.append(numpy_sgemm_gflops(4096, D, repeats=1)),
     }
-    for r in range(reps):
-        runs["knn"].append(timed(lambda: lid.nearest_neighbors(X, 2)))
-        runs["twonn"].append(timed(lambda: lid.twonn(X)))
-        runs["mle"].append(timed(lambda: lid.mle(X)))
-        if r < peer_reps:
-            runs["sk_tw"].append(timed(lambda: skdim_twonn(X)))
-            runs["sk_mle"].append(timed(lambda: skdim_mle(X)))
-        runs["gemm"].append(sgemm_gflops())
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    limits = {"sk_tw": peer_reps, "sk_mle": peer_reps}
+    samples = interleaved(contenders, reps, warmup=0, limits=limits)
+    med = {name: s.median() for name, s in samples.items()}
+    med["gemm"] = float(np.median(gemm))
     return med
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def peak_memory(n: int) -> None:
     """Runs TwoNN on ``n × D`` float32; prints the peak RSS above the input (sampled, 10 ms)."""
     X = embedded(n)
-    base = _rss_mib()
-    peak, done = [base], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    t0 = time.perf_counter()
-    dim = lid.twonn(X)  # the GIL is released, so the sampler keeps running
-    dt = time.perf_counter() - t0
-    done.set()
-    sampler.join()
+    with PeakRSS() as rss:
+        run = timed(lambda: lid.twonn(X))  # the GIL is released, so the sampler keeps running
     print(
-        f"\nN={n}, D={D} float32 TwoNN: {dim:.4f} in {dt:.1f} s; input "
-        f"{X.nbytes / 2**20:.0f} MiB, peak RSS above it {peak[0] - base:.0f} MiB"
+        f"\nN={n}, D={D} float32 TwoNN: {run.result:.4f} in {run.wall:.1f} s; input "
+        f"{X.nbytes / 2**20:.0f} MiB, peak RSS above it {rss.above:.0f} MiB"
     )
 
 

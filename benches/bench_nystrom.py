@@ -1,13 +1,14 @@
 """Nyström sketch vs PiSSA's SVDs: wall time and relative error ‖W − BNA‖_F / ‖W‖_F.
 
 Matrices (float32): 4096×4096 and 4096×11008 with singular values (i) i^-1, (ii) i^-0.5
-(dense, exact spectrum; see ``known_spectrum``), and (iii) the largest weight of a real
-pretrained model shipped on PyPI — all-MiniLM-L6-v2's FFN ``intermediate.dense`` (1536×384).
-Methods at r ∈ {8, 64}: ``lorax_core.init.nystrom`` (defaults: oversample 10, one power step),
-``torch.svd_lowrank(q=r, niter=4)`` (PEFT's fast PiSSA path), full ``torch.linalg.svd``
-(PiSSA), and the optimal rank-r error (Eckart–Young). Times are medians of ``--repeats``
-runs after one warm-up; full SVD runs once per matrix shape (it takes tens of seconds) and its
-error is the optimum. All methods use the same number of threads (``--threads``).
+(dense, exact spectrum, from ``lorax_core.synthetic.known_spectrum``), and (iii) the largest
+weight of a real pretrained model shipped on PyPI — all-MiniLM-L6-v2's FFN
+``intermediate.dense`` (1536×384). Methods at r ∈ {8, 64}: ``lorax_core.init.nystrom``
+(defaults: oversample 10, one power step), ``torch.svd_lowrank(q=r, niter=4)`` (PEFT's fast
+PiSSA path), full ``torch.linalg.svd`` (PiSSA), and the optimal rank-r error (Eckart–Young).
+Times are medians of ``--repeats`` runs after one warm-up (``benches/harness.py``); full SVD
+runs once per matrix shape (it takes tens of seconds) and its error is the optimum. All methods
+use the same number of threads (``--threads``).
 
     python benches/bench_nystrom.py                 # the full table
     python benches/bench_nystrom.py --quick         # 1024×2048 smoke run
@@ -17,40 +18,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from harness import repeat, timed
 from lorax_core.datasets import minilm_path
 from lorax_core.init import nystrom
+from lorax_core.synthetic import decaying_spectrum, known_spectrum
 
 
-def known_spectrum(
-    m: int, n: int, decay: float, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W, s)``: dense float32 ``W = H_l diag(s) H_r`` with ``s_i = i^-decay`` exactly.
+def known_spectrum_case(m: int, n: int, decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, s)``: a dense float32 ``(m, n)`` matrix whose singular values are exactly
+    ``s_i = i^-decay`` (``lorax_core.synthetic.known_spectrum``), and ``s`` (float64).
 
-    ``H_l``, ``H_r`` are products of four random Householder reflectors: orthogonal, so the
-    spectrum is exact, and cheap (O(m·n) each, where a Gaussian QR of 11008×4096 takes minutes
-    on two shared cores). Both methods sketch with Gaussian test matrices, whose law is
-    invariant under orthogonal maps, so their error distribution depends only on ``s``.
+    Both methods sketch with Gaussian test matrices, whose law is invariant under orthogonal
+    maps, so their error distribution depends only on ``s``.
     """
-    g = torch.Generator().manual_seed(seed)
-    k = min(m, n)
-    s = torch.arange(1, k + 1, dtype=torch.float64) ** -decay
-    W = torch.zeros(m, n)
-    W[:k, :k] = torch.diag(s.float())
-    for _ in range(4):
-        u = torch.randn(m, 1, generator=g)
-        u /= u.norm()
-        W -= 2 * u @ (u.T @ W)
-        v = torch.randn(n, 1, generator=g)
-        v /= v.norm()
-        W -= 2 * (W @ v) @ v.T
-    return W, s
+    W = known_spectrum(m, n, decay, seed=0, dtype=np.float32)
+    return torch.from_numpy(W), torch.from_numpy(decaying_spectrum(min(m, n), decay))
 
 
 def optimal_error(s: torch.Tensor, r: int) -> float:
@@ -62,15 +50,10 @@ def rel_error(W: torch.Tensor, approx: torch.Tensor) -> float:
     return float(torch.linalg.norm(W - approx) / torch.linalg.norm(W))
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+def median_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
     """Median wall time of ``fn`` over ``repeats`` runs after a warm-up, and its last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    samples, out = repeat(fn, repeats, warmup=1)
+    return samples.median(), out
 
 
 def ours(W: torch.Tensor, r: int) -> torch.Tensor:
@@ -104,7 +87,7 @@ def main() -> None:
     cases: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
     for m, n in shapes:
         for decay in (1.0, 0.5):
-            W, s = known_spectrum(m, n, decay)
+            W, s = known_spectrum_case(m, n, decay)
             cases.append((f"{m}×{n} s_i=i^-{decay:g}", W, s))
     weights = load_file(str(minilm_path() / "model.safetensors"))
     real = weights["encoder.layer.0.intermediate.dense.weight"].float().contiguous()
@@ -121,15 +104,14 @@ def main() -> None:
     for label, W, s in cases:
         shape = (W.shape[0], W.shape[1])
         if s is None or (shape not in full_time and not (args.quick or args.skip_full_svd)):
-            start = time.perf_counter()
-            s_full = torch.linalg.svd(W, full_matrices=False)[1]
-            full_time[shape] = time.perf_counter() - start
+            run = timed(lambda W=W: torch.linalg.svd(W, full_matrices=False)[1])
+            s_full, full_time[shape] = run.result, run.wall
             s = s_full if s is None else s
         assert s is not None
         for r in (8, 64):
-            t_ours, approx = timed(lambda W=W, r=r: ours(W, r), args.repeats)
+            t_ours, approx = median_time(lambda W=W, r=r: ours(W, r), args.repeats)
             e_ours = rel_error(W, approx)
-            t_low, approx = timed(lambda W=W, r=r: svd_lowrank(W, r), args.repeats)
+            t_low, approx = median_time(lambda W=W, r=r: svd_lowrank(W, r), args.repeats)
             e_low = rel_error(W, approx)
             opt = optimal_error(s, r)
             t_full = full_time.get(shape, float("nan"))

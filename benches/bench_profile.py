@@ -2,7 +2,8 @@
 
 The peer is what one writes by hand: ``model(**batch, output_hidden_states=True)`` and a
 masked mean per layer, concatenated at the end. Both run MiniLM on the same BBC News
-paragraphs in the same process; medians of ``--repeats`` runs and their ratio are printed.
+paragraphs in the same process, interleaved (``benches/harness.py``); medians of ``--repeats``
+rounds and their ratio are printed.
 
     python benches/bench_profile.py --n 256 --repeats 3
 """
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from harness import interleaved
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,15 +30,6 @@ def plain_loop(model: torch.nn.Module, batches: list[dict[str, Any]]) -> list[to
             mask = batch["attention_mask"][..., None].float()
             pooled_batches.append([(h * mask).sum(1) / mask.sum(1) for h in hidden])
     return [torch.cat(layer) for layer in zip(*pooled_batches, strict=True)]
-
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -76,10 +67,15 @@ def main() -> None:
     error = max(
         float((torch.as_tensor(a) - b).abs().max()) for a, b in zip(ours, peer, strict=True)
     )
-    t_ours = median_seconds(
-        lambda: capture_hidden_states(model, batches, n_samples=len(texts)), args.repeats
+    times = interleaved(
+        {
+            "ours": lambda: capture_hidden_states(model, batches, n_samples=len(texts)),
+            "peer": lambda: plain_loop(model, batches),
+        },
+        args.repeats,
+        warmup=0,
     )
-    t_peer = median_seconds(lambda: plain_loop(model, batches), args.repeats)
+    t_ours, t_peer = times["ours"].median(), times["peer"].median()
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     print(
         f"MiniLM, {len(texts)} BBC paragraphs, {tokens} real tokens, "
