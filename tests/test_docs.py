@@ -40,7 +40,8 @@ class CodeBlock:
     skip: str | None
 
     def __str__(self) -> str:
-        return f"{self.path.relative_to(ROOT) if self.path.is_absolute() else self.path}:{self.line}"
+        path = self.path.relative_to(ROOT) if self.path.is_absolute() else self.path
+        return f"{path}:{self.line}"
 
 
 def _skip_reason(info_words: list[str], previous: str) -> str | None:
