@@ -28,11 +28,12 @@ from typing import Any, NoReturn
 import numpy as np
 from tqdm import tqdm
 
+from lorax_core._safetensors import read_header
 from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
 from lorax_core.gelora.modules import linear_modules, select_targets
 from lorax_core.gelora.plan import RankPlan, plan_ranks
 from lorax_core.gelora.report import format_modules, format_table, save_plot
-from lorax_core.gelora.states import HIDDEN_PREFIX, load_hidden_states, read_header
+from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
 
 __all__ = ["main", "read_texts"]
 
@@ -191,7 +192,7 @@ def _hidden_states(
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     header = read_header(path)
-    if any(name.startswith(HIDDEN_PREFIX) for name in header):
+    if holds_hidden_states(header):
         if args.data is not None:
             raise ValueError(f"{path} holds hidden states; --data is only for model checkpoints")
         return _from_file(path, args)

@@ -89,36 +89,31 @@ def test_corrupted_headers_load_or_raise_value_error(
         assert [h.shape for h in states.layers] == [(6, 5)] * 3
 
 
-def test_lying_headers(tmp_path: Path) -> None:
-    data = np.zeros((2, 3), np.float32).tobytes()  # 24 bytes
-    entry = {"dtype": "F32", "shape": [2, 3]}
-    cases = {
-        "beyond the data": ({"hidden.0": {**entry, "data_offsets": [0, 48]}}, "outside the data"),
-        "overlap": (
-            {
-                "hidden.0": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-                "hidden.1": {"dtype": "F32", "shape": [2, 1], "data_offsets": [8, 16]},
-            },
-            "overlaps",
-        ),
-        "size": ({"hidden.0": {**entry, "data_offsets": [0, 20]}}, "needs 24"),
-        "dtype": ({"hidden.0": {**entry, "dtype": "F48", "data_offsets": [0, 24]}}, "dtype"),
-        "shape": ({"hidden.0": {**entry, "shape": [2, -3], "data_offsets": [0, 24]}}, "shape"),
-        "gap": ({"hidden.0": {**entry, "shape": [2, 2], "data_offsets": [8, 24]}}, "gap"),
-    }
-    for name, (header, message) in cases.items():
-        path = raw_file(tmp_path / f"{name}.safetensors", header, data)
-        with pytest.raises(ValueError, match=message):
-            load_hidden_states(path)
-    path = tmp_path / "long.safetensors"
-    path.write_bytes(struct.pack("<Q", 10**9) + b"{}")
-    with pytest.raises(ValueError, match="runs past the end"):
-        load_hidden_states(path)
-    path.write_bytes(struct.pack("<Q", 4) + b"\xff\xfe{}")
-    with pytest.raises(ValueError, match="not valid JSON"):
+def test_header_faults_name_the_file(tmp_path: Path) -> None:
+    """Every header fault (tested in tests/test_safetensors.py) reaches the caller with the path."""
+    entry = {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 48]}
+    path = raw_file(tmp_path / "beyond.safetensors", {"hidden.0": entry}, bytes(24))
+    with pytest.raises(ValueError, match=f"^{path}: .*outside the data"):
         load_hidden_states(path)
     with pytest.raises(ValueError, match="cannot read"):
         load_hidden_states(tmp_path / "absent.safetensors")
+
+
+def test_format_version_is_checked(tmp_path: Path) -> None:
+    path = save_hidden_states(tmp_path / "h.safetensors", layers())
+    assert load_hidden_states(path).metadata["format"] == "lorax_core.hidden_states"
+    data = np.zeros((3, 2), np.float32)
+    for version, message in (("2", "version 2 is newer"), ("one", "decimal string")):
+        meta = {"format": "lorax_core.hidden_states", "format_version": version}
+        save_file({"hidden.0": torch.from_numpy(data)}, str(path), metadata=meta)
+        with pytest.raises(ValueError, match=f"^{path}: .*{message}"):
+            load_hidden_states(path)
+    # another tool's metadata (e.g. transformers' {"format": "pt"}) is not this format's
+    save_file({"hidden.0": torch.from_numpy(data)}, str(path), metadata={"format": "pt"})
+    assert load_hidden_states(path).n_samples == 3
+    # the writer's own fields win over metadata that names another format
+    save_hidden_states(path, layers(), metadata={"format": "x", "format_version": "9"})
+    assert load_hidden_states(path).metadata["format_version"] == "1"
 
 
 def test_contents_are_checked(tmp_path: Path) -> None:
@@ -137,6 +132,8 @@ def test_contents_are_checked(tmp_path: Path) -> None:
         "int": ({"hidden.0": torch.zeros(3, 2, dtype=torch.int32)}, "expected float"),
         "nan": ({"hidden.0": torch.tensor([[0.0, float("nan")]] * 3)}, "NaN"),
         "ndim": ({"hidden.0": torch.zeros(3)}, r"\[n, D\]"),
+        "no rows": ({"hidden.0": torch.zeros(0, 2), "hidden.1": torch.zeros(0, 2)}, "empty"),
+        "no features": ({"hidden.0": torch.zeros(3, 0)}, r"'hidden.0' is empty \(shape \[3, 0\]\)"),
         "mask2d": (
             {"hidden.0": torch.zeros(3, 2), "attention_mask": torch.ones(3, 2)},
             "only allowed",
