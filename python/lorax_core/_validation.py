@@ -11,29 +11,54 @@ the value's *type*, ``ValueError`` when the type is right but the value is not.
 Traceback (most recent call last):
 ValueError: inject: r must be an int >= 1, got 0
 
-Booleans are never accepted as numbers (``True`` is not a rank). NumPy scalars are.
+Booleans are never accepted as numbers (``True`` is not a rank). NumPy scalars are, and are
+returned as Python ``int``/``float``.
+
+:func:`validate_params` declares the checks of a function's arguments once, beside its
+signature, and runs them on every call:
+
+>>> @validate_params(r=Integer(low=1), alpha=[Real(low=0, closed="neither"), NoneValue()])
+... def scale(r, alpha=None):
+...     return r if alpha is None else alpha / r
+>>> scale(True)
+Traceback (most recent call last):
+TypeError: scale: r must be an int >= 1, got True (bool)
+
+See docs/validation.md.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+import numpy as np
 
 __all__ = [
+    "Bool",
     "Constraint",
+    "Instance",
     "Integer",
+    "NoneValue",
     "Options",
     "Real",
+    "Satisfies",
     "check",
     "check_bool",
     "check_options",
     "describe",
+    "is_bool",
     "is_integer",
     "is_real",
+    "validate_params",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 Closed = Literal["both", "left", "right", "neither"]
 
@@ -46,6 +71,11 @@ def is_integer(value: object) -> bool:
 def is_real(value: object) -> bool:
     """Whether ``value`` is a real number (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_bool(value: object) -> bool:
+    """Whether ``value`` is a bool (Python or ``numpy.bool_``)."""
+    return isinstance(value, (bool, np.bool_))
 
 
 def describe(value: object, limit: int = 80) -> str:
@@ -133,13 +163,32 @@ class Real(Constraint):
         return is_real(value)
 
     def accepts(self, value: object) -> bool:
-        x = float(value)  # type: ignore[arg-type]
+        try:
+            x = float(value)  # type: ignore[arg-type]
+        except OverflowError:  # an int beyond the float range is not a usable number
+            return False
         if math.isnan(x) or (math.isinf(x) and not self.allow_inf):
             return False
         return _within(x, self.low, self.high, self.closed)
 
     def convert(self, value: Any) -> float:
         return float(value)
+
+
+@dataclass(frozen=True)
+class Bool(Constraint):
+    """A bool (``numpy.bool_`` accepted, returned as ``bool``); never an int."""
+
+    rule: str = "a bool"  # type: ignore[misc]
+
+    def accepts_type(self, value: object) -> bool:
+        return is_bool(value)
+
+    def accepts(self, value: object) -> bool:
+        return True
+
+    def convert(self, value: Any) -> bool:
+        return bool(value)
 
 
 @dataclass(frozen=True)
@@ -251,15 +300,50 @@ def check(function: str, argument: str, value: Any, *constraints: Constraint) ->
 
 def check_bool(function: str, argument: str, value: Any) -> bool:
     """``value`` if it is a bool (``numpy.bool_`` accepted), else ``TypeError``."""
-    if isinstance(value, bool):
-        return value
-    if type(value).__name__ == "bool_":
-        return bool(value)
-    raise TypeError(
-        f"{function}: {argument} must be a bool, got {describe(value)} ({type(value).__name__})"
-    )
+    return bool(check(function, argument, value, Bool()))
 
 
 def check_options(function: str, argument: str, value: Any, options: Iterable[str]) -> str:
     """``value`` if it is one of ``options``, else a ``ValueError``/``TypeError``."""
     return str(check(function, argument, value, Options(tuple(options))))
+
+
+def validate_params(
+    name: str | None = None, /, **constraints: Constraint | Sequence[Constraint]
+) -> Callable[[F], F]:
+    """Decorate a function so that each named argument is checked on every call.
+
+    Args:
+        name: the function's name in messages; defaults to its ``__qualname__``
+            (``"RankPlan.from_dict"`` for a method).
+        constraints: argument name -> a constraint, or a sequence of them (any may accept).
+            Defaults are checked too. The function receives the canonicalised values
+            (:meth:`Constraint.convert`, e.g. ``np.int64(3)`` as ``3``).
+
+    Raises:
+        TypeError: at decoration, when a constraint names no parameter of the function;
+            at a call, see :func:`check`.
+        ValueError: at a call, see :func:`check`.
+    """
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        unknown = sorted(set(constraints) - set(signature.parameters))
+        if unknown:
+            raise TypeError(f"validate_params: {func.__qualname__} has no parameters {unknown}")
+        shown = name or func.__qualname__
+        rules = {
+            arg: (c,) if isinstance(c, Constraint) else tuple(c) for arg, c in constraints.items()
+        }
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            for arg, accepted in rules.items():
+                bound.arguments[arg] = check(shown, arg, bound.arguments[arg], *accepted)
+            return func(*bound.args, **bound.kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
