@@ -3,6 +3,7 @@
 The public API is re-exported here; each method lives in its own subpackage.
 """
 
+from lorax_core import init
 from lorax_core._core import __version__
 from lorax_core.adapters import (
     AdapterConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "capture_hidden_states",
     "export_peft",
     "import_peft",
+    "init",
     "inject",
     "load_adapter",
     "merge",

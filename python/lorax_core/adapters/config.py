@@ -4,36 +4,41 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lorax_core._validation import (
+    Instance,
+    Integer,
+    NoneValue,
+    Options,
+    Real,
+    check,
+    check_bool,
+    describe,
+)
+from lorax_core.adapters.init import INIT_METHODS, RESIDUAL_INITS
 from lorax_core.adapters.patterns import pattern_key
+from lorax_core.adapters.registry import form_names, get_form
 
-__all__ = ["INITS", "METHODS", "RESIDUAL_INITS", "AdapterConfig"]
+__all__ = ["INITS", "RESIDUAL_INITS", "TRAIN_MODES", "AdapterConfig"]
 
-METHODS = ("lora", "slora", "dora", "svd")
-INITS = ("default", "nlora", "nystrom", "pissa")
-# Inits that subtract the initial product from the base weight so the model is unchanged at init.
-RESIDUAL_INITS = ("nystrom", "pissa")
+INITS = ("default", *INIT_METHODS)
+# ``train`` values: every adapter parameter trains, or only SLoRA's N (IntTune).
 TRAIN_MODES = ("all", "intermediate")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_NAME = "AdapterConfig"
+_POSITIVE = Real(low=0.0, closed="neither")
 
 
 def _check_regex(field: str, pattern: str) -> None:
     try:
         re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"{field}: {pattern!r} is not a valid regular expression ({err})") from err
+        raise ValueError(
+            f"{_NAME}: {field} must be a valid regular expression, got {pattern!r} ({err})"
+        ) from err
 
 
 def _names(field: str, value: object) -> str | list[str] | None:
@@ -42,38 +47,36 @@ def _names(field: str, value: object) -> str | list[str] | None:
         return None
     if isinstance(value, str):
         if not value:
-            raise ValueError(f"{field} must not be an empty string")
+            raise ValueError(f"{_NAME}: {field} must be a non-empty regex, got ''")
         _check_regex(field, value)
         return value
     if isinstance(value, (list, tuple, set, frozenset)):
         entries = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         if not entries:
-            raise ValueError(f"{field} must not be empty")
+            raise ValueError(f"{_NAME}: {field} must be a non-empty list, got {describe(value)}")
         for entry in entries:
             if not isinstance(entry, str) or not entry:
-                raise TypeError(f"{field} entries must be non-empty strings, got {entry!r}")
+                raise TypeError(
+                    f"{_NAME}: {field} entries must be non-empty strings, got {describe(entry)}"
+                )
         return entries
-    raise TypeError(f"{field} must be a str (regex) or a list of str, got {type(value).__name__}")
+    raise TypeError(
+        f"{_NAME}: {field} must be a str (regex) or a list of str, got {describe(value)} "
+        f"({type(value).__name__})"
+    )
 
 
-def _pattern(field: str, value: object, integer: bool) -> dict[str, Any] | None:
+def _pattern(field: str, value: object, rule: Integer | Real) -> dict[str, Any] | None:
+    check(_NAME, field, value, NoneValue(), Instance(Mapping, "a dict of module pattern -> value"))
     if value is None:
         return None
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{field} must be a dict of module pattern -> value, got {type(value)}")
+    assert isinstance(value, Mapping)
     out: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key:
-            raise TypeError(f"{field} keys must be non-empty strings, got {key!r}")
+            raise TypeError(f"{_NAME}: {field} keys must be non-empty strings, got {key!r}")
         _check_regex(field, key)
-        if integer:
-            if not _is_int(item) or item <= 0:
-                raise ValueError(f"{field}[{key!r}] must be a positive int, got {item!r}")
-            out[key] = int(item)
-        else:
-            if not _is_real(item) or not math.isfinite(item) or item <= 0:
-                raise ValueError(f"{field}[{key!r}] must be a positive finite number, got {item!r}")
-            out[key] = float(item)
+        out[key] = check(_NAME, f"{field}[{key!r}]", item, rule)
     return out
 
 
@@ -83,8 +86,9 @@ class AdapterConfig:
 
     Parameters
     ----------
-    method: ``"lora"`` (B·A), ``"slora"`` (B·N·A), ``"dora"`` (magnitude/direction) or ``"svd"``
-        (B·diag(E)·A with capacity ``r_max``).
+    method: a registered adapter form (:mod:`lorax_core.adapters.registry`): ``"lora"`` (B·A),
+        ``"slora"`` (B·N·A), ``"dora"`` (magnitude/direction), ``"svd"`` (B·diag(E)·A with
+        capacity ``r_max``), or one registered elsewhere.
     r: rank of every adapted module unless ``rank_pattern`` says otherwise.
     alpha: scaling numerator; the adapter output is multiplied by ``alpha / r``
         (``alpha / sqrt(r)`` with ``use_rslora``).
@@ -92,13 +96,16 @@ class AdapterConfig:
         regex string that must match the whole name. Required.
     rank_pattern, alpha_pattern: per-module overrides; keys are regexes matched against a dotted
         suffix of the name up to its end (``"^<full name>$"`` or a plain suffix), first key wins.
-    init: ``"default"`` (SPEC §5), or ``"nlora"``, ``"nystrom"``, ``"pissa"`` (lora/slora only),
-        delegated to ``lorax_core.init.initialize``.
+    init: ``"default"`` (the form's own, docs/initialisation.md), or ``"nlora"`` (slora),
+        ``"nystrom"``, ``"pissa"`` (lora, slora): the inits the form registered, delegated to
+        ``lorax_core.adapters.init.initialize``.
     dropout: dropout probability on the adapter input.
     use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
     train: ``"all"`` or ``"intermediate"`` (IntTune: only ``lora_N`` trains; slora only).
     detach_norm: DoRA: treat the row norm as a constant in backward (the DoRA paper's choice).
     r_max: SVD form capacity (default: the module's rank); must be ≥ every module's rank.
+    The form options (``train``, ``detach_norm``, ``r_max``) must keep their defaults for a
+    method whose form does not take them.
     init_options: keyword arguments for the initialiser (e.g. ``oversample``, ``svd``).
     seed: seed of the adapter initialisation; each module derives its own from it and its name.
     exclude_modules: modules never adapted (same forms as ``target_modules``).
@@ -124,47 +131,47 @@ class AdapterConfig:
     autocast_adapter_dtype: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not _is_int(self.r) or self.r <= 0:
-            raise ValueError(f"r must be a positive int, got {self.r!r}")
-        if not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
-        self.alpha = float(self.alpha)
+        self.method = check(_NAME, "method", self.method, Options(form_names()))
+        form = get_form(self.method)
+        self.r = check(_NAME, "r", self.r, Integer(low=1))
+        self.alpha = check(_NAME, "alpha", self.alpha, _POSITIVE)
         if self.target_modules is None:
-            raise ValueError("target_modules is required (a list of module names or a regex)")
+            raise ValueError(
+                f"{_NAME}: target_modules must be a list of module names or a regex, got None"
+            )
         self.target_modules = _names("target_modules", self.target_modules)
         self.exclude_modules = _names("exclude_modules", self.exclude_modules)
-        self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, integer=True)
-        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern, integer=False)
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.init != "default" and self.method not in ("lora", "slora"):
-            raise ValueError(f"init={self.init!r} is only available for method 'lora' or 'slora'")
-        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self.dropout = float(self.dropout)
-        for field in ("use_rslora", "detach_norm", "autocast_adapter_dtype"):
-            if not isinstance(getattr(self, field), bool):
-                raise TypeError(f"{field} must be a bool, got {getattr(self, field)!r}")
-        if self.train not in TRAIN_MODES:
-            raise ValueError(f"train must be one of {TRAIN_MODES}, got {self.train!r}")
-        if self.train == "intermediate" and self.method != "slora":
-            raise ValueError("train='intermediate' (IntTune) requires method='slora'")
+        self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, Integer(low=1))
+        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern, _POSITIVE)
+        self.init = check(_NAME, "init", self.init, Options(INITS))
+        if self.init not in form.inits:
+            raise ValueError(
+                f"{_NAME}: init must be one of {', '.join(map(repr, form.inits))} for method "
+                f"{self.method!r}, got {self.init!r}"
+            )
+        self.dropout = check(_NAME, "dropout", self.dropout, Real(0.0, 1.0, closed="left"))
+        for name in ("use_rslora", "detach_norm", "autocast_adapter_dtype"):
+            setattr(self, name, check_bool(_NAME, name, getattr(self, name)))
+        self.train = check(_NAME, "train", self.train, Options(TRAIN_MODES))
+        self._check_form_options(form.options)
         if self.r_max is not None:
-            if self.method != "svd":
-                raise ValueError("r_max applies only to method='svd'")
-            if not _is_int(self.r_max) or self.r_max < max(self.ranks()):
-                raise ValueError(
-                    f"r_max must be an int ≥ every module rank ({max(self.ranks())}), "
-                    f"got {self.r_max!r}"
-                )
-        if self.init_options is not None and not isinstance(self.init_options, Mapping):
-            raise TypeError(f"init_options must be a dict, got {type(self.init_options).__name__}")
+            self.r_max = check(_NAME, "r_max", self.r_max, Integer(low=max(self.ranks())))
+        check(_NAME, "init_options", self.init_options, NoneValue(), Instance(Mapping, "a dict"))
         if self.init_options is not None:
             self.init_options = dict(self.init_options)
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        self.seed = check(_NAME, "seed", self.seed, Integer(low=0))
+
+    def _check_form_options(self, accepted: tuple[str, ...]) -> None:
+        """Options of other forms keep their defaults (they would be silently ignored)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in form_names():
+            for option in get_form(name).options:
+                value = getattr(self, option)
+                if option not in accepted and value != defaults[option]:
+                    raise ValueError(
+                        f"{_NAME}: {option} must be {defaults[option]!r} for method "
+                        f"{self.method!r} (method {name!r} takes it), got {value!r}"
+                    )
 
     def ranks(self) -> list[int]:
         """The default rank and every rank in ``rank_pattern``."""
@@ -192,10 +199,12 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
         """Build and validate a config from :meth:`to_dict` output; unknown keys are an error."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        check("AdapterConfig.from_dict", "data", data, Instance(Mapping, "a dict"))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown AdapterConfig fields: {unknown}")
+            raise ValueError(
+                f"AdapterConfig.from_dict: data keys must be AdapterConfig fields, got unknown "
+                f"{unknown}"
+            )
         return cls(**data)

@@ -1,6 +1,6 @@
 """DoRA: ``W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row`` (magnitude × direction).
 
-The row norm is computed without forming the out × in matrix (SPEC §5):
+The row norm is computed without forming the out × in matrix (docs/adapters.md):
 ``n² = ‖W‖²_row + 2s·rowsum(B ⊙ (W Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B)``. Its temporaries are
 out × r and r × r; ``‖W‖_row`` is a fused reduction over W recomputed on each call (no
 temporary, about 1/tokens of the cost of ``W x``), so it always matches the current W.
@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torch.nn.functional import linear
 
-from lorax_core.adapters.layer import AdapterLinear
+from lorax_core._validation import check_bool
+from lorax_core.adapters.layer import AdapterLinear, LoraFactors, detached
 from lorax_core.adapters.lora import reset_lora_pair
+from lorax_core.adapters.registry import register_form
 
 __all__ = ["DoraLinear", "dora_row_norm"]
 
@@ -37,6 +39,12 @@ def dora_row_norm(
     return n_sq.clamp_min(0.0).sqrt().to(lora_A.dtype)
 
 
+@register_form(
+    "dora",
+    peft_config={"use_dora": True},
+    peft_tensors={"lora_magnitude_vector": "lora_magnitude"},
+    peft_native=True,
+)
 class DoraLinear(AdapterLinear):
     """DoRA on an ``nn.Linear``: ``lora_A`` (r, in), ``lora_B`` (out, r), ``lora_magnitude`` (out,).
 
@@ -44,39 +52,19 @@ class DoraLinear(AdapterLinear):
     ``W + s·B A``, detached from the graph unless ``detach_norm=False``. With dropout active
     (training, p > 0) the dropped input goes through the whole DoRA term,
     ``base(x) + (W' − W) dropout(x)``, as in PEFT. Init: A, B as LoRA; m = ‖W‖_row, so the
-    output equals the base layer's.
+    output equals the base layer's. Exported to PEFT with ``use_dora`` as A, B and the
+    magnitude (``lora_magnitude_vector``).
     """
 
-    method = "dora"
     parameter_names = ("lora_A", "lora_B", "lora_magnitude")
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        r: int = 8,
-        alpha: float = 16.0,
-        *,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        autocast_adapter_dtype: bool = True,
-        detach_norm: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            base_layer,
-            r,
-            alpha,
-            dropout=dropout,
-            use_rslora=use_rslora,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-        )
-        self.detach_norm = detach_norm
-        self.lora_A = self._new_parameter(r, self.in_features)
-        self.lora_B = self._new_parameter(self.out_features, r)
-        self.lora_magnitude = self._new_parameter(self.out_features)
+    def build(self, *, detach_norm: bool = True) -> None:
+        self.detach_norm = check_bool(type(self).__name__, "detach_norm", detach_norm)
+        self.lora_A = self.new_parameter(self.r, self.in_features)
+        self.lora_B = self.new_parameter(self.out_features, self.r)
+        self.lora_magnitude = self.new_parameter(self.out_features)
         # Row norm of W + s·B A at merge time; unmerge needs it.
         self._merge_norm: torch.Tensor | None = None
-        self.reset_parameters(generator)
 
     # Parameter groups of the magnitude/direction split (BiDoRA trains them on separate data).
     direction_names: tuple[str, ...] = ("lora_A", "lora_B")
@@ -163,3 +151,7 @@ class DoraLinear(AdapterLinear):
             norm = norm.detach()
         adapted = (self.lora_magnitude / norm).unsqueeze(1) * self._dense_direction()
         return (adapted - current).to(weight_dtype)
+
+    def lora_factors(self, dtype: torch.dtype | None = None) -> LoraFactors:
+        """The direction's factors ``(B, A, scaling)``; PEFT adds the magnitude to them."""
+        return detached(self.lora_B, dtype), detached(self.lora_A, dtype), self.scaling

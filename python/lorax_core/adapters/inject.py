@@ -9,13 +9,12 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from lorax_core._validation import Instance, check
 from lorax_core.adapters.config import AdapterConfig
-from lorax_core.adapters.dora import DoraLinear
+from lorax_core.adapters.init import initialize
 from lorax_core.adapters.layer import AdapterLinear
-from lorax_core.adapters.lora import LoraLinear
 from lorax_core.adapters.patterns import matches_module_list, module_selected, pattern_key
-from lorax_core.adapters.slora import SLoraLinear
-from lorax_core.adapters.svd import SVDLinear
+from lorax_core.adapters.registry import get_form
 
 __all__ = [
     "TrainableCounts",
@@ -56,10 +55,13 @@ class TrainableCounts:
         )
 
 
+def _check_model(function: str, model: object) -> None:
+    check(function, "model", model, Instance(nn.Module, "an nn.Module"))
+
+
 def trainable_parameters(model: nn.Module) -> TrainableCounts:
     """Count the parameters of ``model`` that require grad, and all of them."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_model("trainable_parameters", model)
     trainable = total = 0
     for param in model.parameters():
         total += param.numel()
@@ -70,8 +72,7 @@ def trainable_parameters(model: nn.Module) -> TrainableCounts:
 
 def adapted_modules(model: nn.Module) -> dict[str, AdapterLinear]:
     """The adapter layers of ``model`` by full module name, in ``named_modules`` order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_model("adapted_modules", model)
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
 
@@ -79,7 +80,10 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
     """The config ``inject`` (or ``load_adapter``) used on ``model``."""
     config = getattr(model, CONFIG_ATTR, None)
     if not isinstance(config, AdapterConfig):
-        raise ValueError("model has no adapters injected by lorax_core.inject")
+        raise ValueError(
+            "adapter_config: model must have adapters injected by lorax_core.inject, got one "
+            "without"
+        )
     return config
 
 
@@ -87,19 +91,17 @@ def build_layer(config: AdapterConfig, name: str, module: nn.Linear) -> AdapterL
     """The adapter layer ``config`` prescribes for module ``name`` (default init, seeded)."""
     r, alpha = config.rank_for(name), config.alpha_for(name)
     generator = torch.Generator().manual_seed(config.module_seed(name))
-    common: dict[str, Any] = {
-        "dropout": config.dropout,
-        "use_rslora": config.use_rslora,
-        "autocast_adapter_dtype": config.autocast_adapter_dtype,
-        "generator": generator,
-    }
-    if config.method == "lora":
-        return LoraLinear(module, r, alpha, **common)
-    if config.method == "slora":
-        return SLoraLinear(module, r, alpha, train=config.train, **common)
-    if config.method == "dora":
-        return DoraLinear(module, r, alpha, detach_norm=config.detach_norm, **common)
-    return SVDLinear(module, r, alpha, r_max=config.r_max, **common)
+    form = get_form(config.method)
+    return form.layer(
+        module,
+        r,
+        alpha,
+        dropout=config.dropout,
+        use_rslora=config.use_rslora,
+        autocast_adapter_dtype=config.autocast_adapter_dtype,
+        generator=generator,
+        **{option: getattr(config, option) for option in form.options},
+    )
 
 
 def _resolve(config_or_plan: object, overrides: dict[str, Any]) -> AdapterConfig:
@@ -107,14 +109,11 @@ def _resolve(config_or_plan: object, overrides: dict[str, Any]) -> AdapterConfig
         return dataclasses.replace(config_or_plan, **overrides) if overrides else config_or_plan
     if isinstance(config_or_plan, _ConvertsToConfig):
         config = config_or_plan.to_adapter_config(**overrides)
-        if not isinstance(config, AdapterConfig):
-            raise TypeError(
-                f"to_adapter_config returned {type(config).__name__}, not AdapterConfig"
-            )
+        check("inject", "config_or_plan.to_adapter_config()", config, Instance(AdapterConfig))
         return config
     raise TypeError(
-        "config_or_plan must be an AdapterConfig or have a to_adapter_config method (RankPlan), "
-        f"got {type(config_or_plan).__name__}"
+        "inject: config_or_plan must be an AdapterConfig or have a to_adapter_config method "
+        f"(RankPlan), got {type(config_or_plan).__name__}"
     )
 
 
@@ -152,7 +151,8 @@ def inject(model: nn.Module, config_or_plan: object, **overrides: Any) -> nn.Mod
     ``config_or_plan`` is an :class:`AdapterConfig` (``overrides`` replace its fields) or a GeLoRA
     ``RankPlan`` (``plan.to_adapter_config(**overrides)`` is used, after the plan's
     ``validate_for(model)`` if it has one). Every other parameter of
-    the model is frozen. Non-default inits are delegated to ``lorax_core.init.initialize``.
+    the model is frozen. Non-default inits are delegated to
+    ``lorax_core.adapters.init.initialize``.
     Returns ``model``.
     """
     config = _resolve(config_or_plan, overrides)
@@ -180,16 +180,16 @@ def build_layers(
     The model is unchanged, except that an initialiser with a residual (nystrom, pissa) edits
     the base weights it wraps.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_model("inject", model)
     existing = adapted_modules(model)
     if existing:
-        raise ValueError(f"model already has adapters (e.g. {next(iter(existing))!r})")
+        raise ValueError(
+            f"inject: model must have no adapters yet, got one that already has adapters "
+            f"(e.g. {next(iter(existing))!r})"
+        )
     selected = select_modules(model, config)
     layers = {name: build_layer(config, name, module) for name, module in selected.items()}
     if initialise and config.init != "default":
-        from lorax_core.init import initialize
-
         options = config.init_options or {}
         for name, layer in layers.items():
             initialize(layer, config.init, seed=config.module_seed(name), **options)

@@ -6,8 +6,9 @@ Files in the adapter directory:
   ``lora_B``, ``lora_N``, ``lora_E``, ``lora_magnitude``) and, for residual inits, the initial
   factors ``<module>.init_lora_A`` / ``init_lora_B`` / ``init_lora_N``.
 - ``adapter_config.json`` — format name and version, ``config`` (``AdapterConfig.to_dict()``),
-  per-module method, rank, alpha, shapes and (SVD form) ``active_rank`` / ``capacity``, and
-  the SHA-256 of the weights file.
+  per-module ``AdapterLinear.record()`` (method, rank, alpha, shapes, and the form's own
+  fields, e.g. the SVD form's ``active_rank`` / ``capacity``), and the SHA-256 of the weights
+  file. Every registered form is saved and loaded the same way (docs/adapters.md).
 
 Each file is written to a temporary name in the same directory, fsynced and renamed over the
 target, weights first. A save killed at any point leaves either the previous pair or a weights
@@ -34,6 +35,9 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from lorax_core._atomic import atomic_write_bytes
+from lorax_core._format import DocumentFormat
+from lorax_core._safetensors import parse_header
+from lorax_core._validation import Instance, check
 from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
 from lorax_core.adapters.inject import (
     adapted_modules,
@@ -41,42 +45,31 @@ from lorax_core.adapters.inject import (
     build_layers,
     install_layers,
 )
-from lorax_core.adapters.layer import AdapterLinear
-from lorax_core.adapters.svd import SVDLinear
+from lorax_core.adapters.layer import INIT_BUFFERS, AdapterLinear
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_adapter", "save_adapter"]
+__all__ = ["CONFIG_NAME", "FORMAT", "WEIGHTS_NAME", "load_adapter", "read_json", "save_adapter"]
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-FORMAT = "lorax_core.adapter"
-FORMAT_VERSION = 1
-# Buffers holding the initial factors of residual inits (registered by lorax_core.init).
-INIT_BUFFERS = ("init_lora_A", "init_lora_B", "init_lora_N")
+FORMAT = DocumentFormat("lorax_core.adapter", 1, version_key="format_version")
 
 
-def _module_record(layer: AdapterLinear) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "method": layer.method,
-        "r": layer.r,
-        "alpha": layer.alpha,
-        "in_features": layer.in_features,
-        "out_features": layer.out_features,
-    }
-    if isinstance(layer, SVDLinear):
-        record["capacity"] = layer.capacity
-        record["active_rank"] = layer.active_rank
-    return record
+def read_json(path: Path) -> Any:
+    """The parsed JSON document at ``path``; ``FileNotFoundError`` or ``ValueError`` naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} in adapter directory {str(path.parent)!r}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path.name} is not valid JSON: {err}") from err
 
 
 def _adapter_tensors(layers: dict[str, AdapterLinear]) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        for pname, param in layer.adapter_parameters().items():
-            tensors[f"{name}.{pname}"] = param.detach().cpu().contiguous()
-        for bname in INIT_BUFFERS:
-            buffer = layer._buffers.get(bname)
-            if buffer is not None:
-                tensors[f"{name}.{bname}"] = buffer.detach().cpu().contiguous()
+        named = {**layer.adapter_parameters(), **layer.init_buffers()}
+        for key, value in named.items():
+            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
     return tensors
 
 
@@ -84,23 +77,25 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write the adapters of ``model`` to ``directory`` (created if needed); returns its path."""
     layers = adapted_modules(model)
     if not layers:
-        raise ValueError("model has no adapter layers to save")
+        raise ValueError("save_adapter: model must have adapter layers, got none to save")
     config = adapter_config(model)
     path = Path(directory)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"directory {str(path)!r} exists and is not a directory")
+        raise ValueError(f"save_adapter: directory must be a directory, got file {str(path)!r}")
     weights = save_safetensors(_adapter_tensors(layers), metadata={"format": "pt"})
-    document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "modules": {name: _module_record(layer) for name, layer in layers.items()},
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-    }
+    document = FORMAT.stamp(
+        {
+            "config": config.to_dict(),
+            "modules": {name: layer.record() for name, layer in layers.items()},
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        }
+    )
     try:
         text = json.dumps(document, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"config is not JSON-serialisable (check init_options): {err}") from err
+        raise TypeError(
+            f"save_adapter: config must be JSON-serialisable (check init_options), got {err}"
+        ) from err
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path / WEIGHTS_NAME, weights)
     atomic_write_bytes(path / CONFIG_NAME, text.encode())
@@ -113,17 +108,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     for file in (config_path, weights_path):
         if not file.is_file():
             raise FileNotFoundError(f"no {file.name} in adapter directory {str(path)!r}")
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{CONFIG_NAME} is not valid JSON: {err}") from err
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{CONFIG_NAME} is not a lorax_core adapter config")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{CONFIG_NAME} has format_version {document.get('format_version')!r}; "
-            f"this version reads {FORMAT_VERSION}"
-        )
+    document = read_json(config_path)
+    FORMAT.check(document, CONFIG_NAME)
     if not isinstance(document.get("modules"), dict) or not document["modules"]:
         raise ValueError(f"{CONFIG_NAME} lists no modules")
     weights = weights_path.read_bytes()
@@ -132,6 +118,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"{WEIGHTS_NAME} does not match {CONFIG_NAME} (checksum differs): the save was "
             "interrupted or the files come from different saves"
         )
+    parse_header(weights, WEIGHTS_NAME)
     try:
         tensors = load_safetensors(weights)
     except Exception as err:  # safetensors raises its own error types for malformed files
@@ -140,7 +127,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def _check_modules(document: dict[str, Any], layers: dict[str, AdapterLinear]) -> None:
-    """The file's modules must be the model's adapted modules, with the same form and shapes."""
+    """The file's modules must be the model's adapted modules, with the same form and layout."""
     saved = document["modules"]
     missing, unexpected = sorted(set(layers) - set(saved)), sorted(set(saved) - set(layers))
     if missing or unexpected:
@@ -150,12 +137,12 @@ def _check_modules(document: dict[str, Any], layers: dict[str, AdapterLinear]) -
         )
     for name, layer in layers.items():
         record = saved[name]
-        mine = _module_record(layer)
-        for field in ("method", "r", "alpha", "in_features", "out_features", "capacity"):
-            if field in mine and record.get(field) != mine[field]:
+        if not isinstance(record, dict):
+            raise ValueError(f"{CONFIG_NAME}: module {name!r} has a malformed record")
+        for field, mine in layer.record().items():
+            if field not in layer.state_keys and record.get(field) != mine:
                 raise ValueError(
-                    f"module {name!r}: saved {field}={record.get(field)!r}, "
-                    f"the model has {mine[field]!r}"
+                    f"module {name!r}: saved {field}={record.get(field)!r}, the model has {mine!r}"
                 )
 
 
@@ -167,16 +154,17 @@ def _check_tensors(
     for name, layer in layers.items():
         for pname, param in layer.adapter_parameters().items():
             expected[f"{name}.{pname}"] = tuple(param.shape)
-            if residual:
-                init_name = f"{name}.init_{pname}"
-                if pname in ("lora_A", "lora_B", "lora_N") and init_name not in tensors:
-                    raise ValueError(f"residual-init adapter lacks {init_name!r}")
-                if init_name in tensors:
-                    expected[init_name] = tuple(param.shape)
+            init_key = f"{name}.init_{pname}"
+            if residual and f"init_{pname}" in INIT_BUFFERS:
+                if init_key not in tensors:
+                    raise ValueError(f"residual-init adapter lacks {init_key!r}")
+                expected[init_key] = tuple(param.shape)
     for key in tensors:
         module, _, leaf = key.rpartition(".")
         if key not in expected and module in layers and leaf in INIT_BUFFERS:
-            expected[key] = tuple(getattr(layers[module], leaf[len("init_") :]).shape)
+            base = layers[module].adapter_parameters().get(leaf[len("init_") :])
+            if base is not None:
+                expected[key] = tuple(base.shape)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -202,17 +190,16 @@ def _copy_in(
         for bname in INIT_BUFFERS:
             if f"{name}.{bname}" in tensors:
                 layer.register_buffer(bname, tensors[f"{name}.{bname}"].to(device))
-        if isinstance(layer, SVDLinear):
-            layer.set_extra_state(saved[name].get("active_rank", layer.r))
+        layer.restore(saved[name])
 
 
 @torch.no_grad()
 def _apply_residual(layers: dict[str, AdapterLinear]) -> None:
     """``W ← W − s·B0 [N0] A0`` from the init buffers, as the residual initialiser did."""
     for layer in layers.values():
-        n0 = layer._buffers.get("init_lora_N")
+        buffers = layer.init_buffers()
         product = layer.low_rank_product(
-            layer.get_buffer("init_lora_A"), layer.get_buffer("init_lora_B"), n0
+            buffers["init_lora_A"], buffers["init_lora_B"], buffers.get("init_lora_N")
         )
         layer.base_layer.weight.sub_(product)
 
@@ -225,8 +212,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     same method, modules and shapes, and only its adapter tensors are replaced. Everything is
     validated before the model is modified.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check("load_adapter", "model", model, Instance(nn.Module, "an nn.Module"))
     document, tensors = _read(Path(directory))
     config = AdapterConfig.from_dict(document.get("config") or {})
     existing = adapted_modules(model)

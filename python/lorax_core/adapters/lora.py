@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn.functional import linear
 
-from lorax_core.adapters.layer import AdapterLinear, kaiming_uniform_bound
+from lorax_core.adapters.init import INIT_METHODS
+from lorax_core.adapters.layer import (
+    AdapterLinear,
+    LoraFactors,
+    detached,
+    kaiming_uniform_bound,
+)
+from lorax_core.adapters.registry import register_form
 
 __all__ = ["LoraLinear", "reset_lora_pair"]
 
@@ -24,38 +30,23 @@ def reset_lora_pair(
     lora_B.zero_()
 
 
+@register_form(
+    "lora",
+    inits=("default", *(i for i in INIT_METHODS if i != "nlora")),
+    peft_native=True,
+)
 class LoraLinear(AdapterLinear):
     """LoRA on an ``nn.Linear``. Parameters ``lora_A`` (r, in) and ``lora_B`` (out, r).
 
     Default init: A ~ Kaiming-uniform(a=√5) = U(±1/√in), B = 0, so the output equals the base
-    layer's at init.
+    layer's at init. Exported to PEFT as it is.
     """
 
-    method = "lora"
     parameter_names = ("lora_A", "lora_B")
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        r: int = 8,
-        alpha: float = 16.0,
-        *,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        autocast_adapter_dtype: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            base_layer,
-            r,
-            alpha,
-            dropout=dropout,
-            use_rslora=use_rslora,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-        )
-        self.lora_A = self._new_parameter(r, self.in_features)
-        self.lora_B = self._new_parameter(self.out_features, r)
-        self.reset_parameters(generator)
+    def build(self) -> None:
+        self.lora_A = self.new_parameter(self.r, self.in_features)
+        self.lora_B = self.new_parameter(self.out_features, self.r)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         reset_lora_pair(self.lora_A, self.lora_B, generator)
@@ -65,3 +56,6 @@ class LoraLinear(AdapterLinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.low_rank_product(self.lora_A, self.lora_B)
+
+    def lora_factors(self, dtype: torch.dtype | None = None) -> LoraFactors:
+        return detached(self.lora_B, dtype), detached(self.lora_A, dtype), self.scaling

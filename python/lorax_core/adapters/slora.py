@@ -3,52 +3,39 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn.functional import linear
 
-from lorax_core.adapters.layer import AdapterLinear, kaiming_uniform_bound
+from lorax_core._validation import check_options
+from lorax_core.adapters.config import TRAIN_MODES
+from lorax_core.adapters.init import INIT_METHODS
+from lorax_core.adapters.layer import (
+    AdapterLinear,
+    LoraFactors,
+    detached,
+    kaiming_uniform_bound,
+)
 from lorax_core.adapters.lora import reset_lora_pair
+from lorax_core.adapters.registry import register_form
 
 __all__ = ["SLoraLinear"]
 
 
+@register_form("slora", inits=("default", *INIT_METHODS))
 class SLoraLinear(AdapterLinear):
     """SLoRA on an ``nn.Linear``: ``lora_A`` (r, in), ``lora_N`` (r, r), ``lora_B`` (out, r).
 
     Default init: A ~ U(±1/√in), N ~ U(±1/√r) (Kaiming-uniform, a=√5), B = 0. With
-    ``train="intermediate"`` (IntTune) only ``lora_N`` trains.
+    ``train="intermediate"`` (IntTune) only ``lora_N`` trains. Exported to PEFT as a LoRA with
+    ``B' = B N``.
     """
 
-    method = "slora"
     parameter_names = ("lora_A", "lora_N", "lora_B")
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        r: int = 8,
-        alpha: float = 16.0,
-        *,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        autocast_adapter_dtype: bool = True,
-        train: str = "all",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            base_layer,
-            r,
-            alpha,
-            dropout=dropout,
-            use_rslora=use_rslora,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-        )
-        if train not in ("all", "intermediate"):
-            raise ValueError(f"train must be 'all' or 'intermediate', got {train!r}")
-        self.train_mode = train
-        self.lora_A = self._new_parameter(r, self.in_features)
-        self.lora_N = self._new_parameter(r, r)
-        self.lora_B = self._new_parameter(self.out_features, r)
-        self.reset_parameters(generator)
+    def build(self, *, train: str = "all") -> None:
+        self.train_mode = check_options(type(self).__name__, "train", train, TRAIN_MODES)
+        self.lora_A = self.new_parameter(self.r, self.in_features)
+        self.lora_N = self.new_parameter(self.r, self.r)
+        self.lora_B = self.new_parameter(self.out_features, self.r)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         reset_lora_pair(self.lora_A, self.lora_B, generator)
@@ -68,3 +55,7 @@ class SLoraLinear(AdapterLinear):
 
     def delta_weight(self) -> torch.Tensor:
         return self.low_rank_product(self.lora_A, self.lora_B, self.lora_N)
+
+    def lora_factors(self, dtype: torch.dtype | None = None) -> LoraFactors:
+        B = detached(self.lora_B, dtype) @ detached(self.lora_N, dtype)
+        return B, detached(self.lora_A, dtype), self.scaling

@@ -7,17 +7,21 @@ zero in the slots beyond.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
 from torch.nn.functional import linear
 
-from lorax_core.adapters.layer import AdapterLinear
+from lorax_core._validation import Integer, check
+from lorax_core.adapters.layer import AdapterLinear, LoraFactors, detached
+from lorax_core.adapters.registry import register_form
 
 __all__ = ["SVDLinear"]
 
 _INIT_STD = 0.02
 
 
+@register_form("svd")
 class SVDLinear(AdapterLinear):
     """SVD-form adapter: ``lora_A`` (r_max, in), ``lora_E`` (r_max,), ``lora_B`` (out, r_max).
 
@@ -25,40 +29,20 @@ class SVDLinear(AdapterLinear):
     (a Python int) starts at r; ``set_active_rank`` changes it. Init: A, B ~ N(0, 0.02²) in every
     slot, E = 0, so the output equals the base layer's. ``active_rank`` is part of the module's
     state dict through ``get_extra_state`` (key ``<module>._extra_state``, an int64 scalar).
+    Exported to PEFT as a LoRA with ``A' = diag(E) A`` over the active, non-zero slots.
     """
 
-    method = "svd"
     parameter_names = ("lora_A", "lora_E", "lora_B")
+    state_keys = ("active_rank",)
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        r: int = 8,
-        alpha: float = 16.0,
-        *,
-        r_max: int | None = None,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        autocast_adapter_dtype: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            base_layer,
-            r,
-            alpha,
-            dropout=dropout,
-            use_rslora=use_rslora,
-            autocast_adapter_dtype=autocast_adapter_dtype,
-        )
-        capacity = r if r_max is None else r_max
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < r:
-            raise ValueError(f"r_max must be an int ≥ r ({r}), got {r_max!r}")
+    def build(self, *, r_max: int | None = None) -> None:
+        name = type(self).__name__
+        capacity = self.r if r_max is None else check(name, "r_max", r_max, Integer(low=self.r))
         self.capacity = capacity
-        self.active_rank = r
-        self.lora_A = self._new_parameter(capacity, self.in_features)
-        self.lora_E = self._new_parameter(capacity)
-        self.lora_B = self._new_parameter(self.out_features, capacity)
-        self.reset_parameters(generator)
+        self.active_rank = self.r
+        self.lora_A = self.new_parameter(capacity, self.in_features)
+        self.lora_E = self.new_parameter(capacity)
+        self.lora_B = self.new_parameter(self.out_features, capacity)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -72,10 +56,7 @@ class SVDLinear(AdapterLinear):
 
     def set_active_rank(self, n: int) -> None:
         """Use slots ``[0, n)``; ``E`` in slots ``≥ n`` is set to zero. ``0 ≤ n ≤ capacity``."""
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if not 0 <= n <= self.capacity:
-            raise ValueError(f"n must be in [0, {self.capacity}] (the capacity), got {n}")
+        n = check("SVDLinear.set_active_rank", "n", n, Integer(0, self.capacity))
         if self.merged:
             raise RuntimeError("cannot change the active rank of a merged layer; unmerge first")
         self.active_rank = n
@@ -86,12 +67,29 @@ class SVDLinear(AdapterLinear):
         return torch.tensor(self.active_rank, dtype=torch.int64)
 
     def set_extra_state(self, state: object) -> None:
-        value = int(state.item()) if isinstance(state, torch.Tensor) else state
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"active rank state must be an int, got {state!r}")
-        if not 0 <= value <= self.capacity:
-            raise ValueError(f"active rank {value} is outside [0, {self.capacity}]")
-        self.active_rank = value
+        value = state.item() if isinstance(state, torch.Tensor) else state
+        function = "SVDLinear.set_extra_state"
+        self.active_rank = check(function, "active rank", value, Integer(0, self.capacity))
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "capacity": self.capacity, "active_rank": self.active_rank}
+
+    def restore(self, record: dict[str, Any]) -> None:
+        self.set_extra_state(record.get("active_rank", self.r))
+
+    def lora_factors(self, dtype: torch.dtype | None = None) -> LoraFactors:
+        """``(B_k, diag(E_k) A_k, scaling)`` over the active slots whose E is non-zero.
+
+        A masked slot (E = 0) adds exactly nothing, so it is left out; with none left, one
+        exactly-zero rank (PEFT needs r >= 1).
+        """
+        E = detached(self.lora_E, dtype)
+        A, B = detached(self.lora_A, dtype), detached(self.lora_B, dtype)
+        active = torch.arange(E.numel(), device=E.device) < self.active_rank
+        keep = torch.nonzero(active & (E != 0)).reshape(-1)
+        if keep.numel() == 0:
+            return B[:, :1] * 0.0, A[:1] * 0.0, self.scaling
+        return B[:, keep], E[keep, None] * A[keep], self.scaling
 
     def combine(self, result: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         k = self.active_rank

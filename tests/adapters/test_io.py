@@ -27,19 +27,6 @@ from lorax_core.adapters import (
 from lorax_core.adapters import io as adapter_io
 
 
-@pytest.fixture(scope="module")
-def pristine(minilm_dir) -> nn.Module:  # type: ignore[no-untyped-def]
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(str(minilm_dir)).eval()
-
-
-@pytest.fixture(scope="module")
-def batch(minilm_tokenizer) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    texts = ["Shares rose sharply in early trading.", "The match ended in a draw."]
-    return dict(minilm_tokenizer(texts, padding=True, return_tensors="pt"))
-
-
 def _train_a_little(model: nn.Module, seed: int) -> None:
     """Random, non-zero values for every adapter tensor (as after some training)."""
     g = torch.Generator().manual_seed(seed)
@@ -240,10 +227,10 @@ def test_load_rejects_mismatches(tmp_path: Path) -> None:
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:
     path = _saved(tmp_path)
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+    with pytest.raises(TypeError, match=r"load_adapter: model must be an nn\.Module"):
         load_adapter("model", path)  # type: ignore[arg-type]
     _edit_json(path, lambda d: d.update(format_version=99))
-    with pytest.raises(ValueError, match="format_version 99"):
+    with pytest.raises(ValueError, match=r"lorax_core\.adapter version 99 is newer"):
         load_adapter(_small_model(), path)
     path = _saved(tmp_path)
     _edit_json(path, lambda d: d["config"].update(method="lorax"))
@@ -271,7 +258,7 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
         load_adapter(_small_model(), path)
     with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json"):
         load_adapter(_small_model(), tmp_path / "absent")
-    with pytest.raises(ValueError, match="no adapter layers to save"):
+    with pytest.raises(ValueError, match="save_adapter: model must have adapter layers"):
         save_adapter(_small_model(), tmp_path / "x")
 
 
@@ -279,14 +266,6 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
 def test_residual_init_reloads_to_the_saved_model(  # type: ignore[no-untyped-def]
     pristine: nn.Module, batch, tmp_path: Path, method: str, init_name: str
 ) -> None:
-    init = pytest.importorskip("lorax_core.init")
-    if not hasattr(init, "initialize"):
-        pytest.skip("lorax_core.init.initialize not available")
-    if init_name == "nystrom":
-        from lorax_core import _core
-
-        if not hasattr(_core, "nystrom"):
-            pytest.skip("the Rust extension was built without nystrom")
     config = AdapterConfig(method, r=4, init=init_name, target_modules=["query"])
     model = inject(copy.deepcopy(pristine), config)
     _train_a_little(model, seed=4)

@@ -1,4 +1,5 @@
-"""Injection into the real MiniLM encoder, against PEFT where PEFT has the same method."""
+"""Injection into the real MiniLM encoder and parameter counts, against PEFT where PEFT has the
+same method."""
 
 from __future__ import annotations
 
@@ -16,54 +17,20 @@ from lorax_core.adapters import (
     SVDLinear,
     adapted_modules,
     inject,
-    merge,
-    merged_state_dict,
     trainable_parameters,
-    unmerge,
 )
+from tests.adapters.reference import hidden, randomise_model
 
 QV = ["query", "value"]
-
-
-@pytest.fixture(scope="module")
-def batch(minilm_tokenizer, bbc) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    train, _ = bbc
-    texts = [t.split("\n")[0] for t in train.texts[:3]]
-    return dict(
-        minilm_tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
-    )
-
-
-@pytest.fixture(scope="module")
-def pristine(minilm_dir) -> nn.Module:  # type: ignore[no-untyped-def]
-    """One MiniLM load per module; tests take deep copies."""
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(str(minilm_dir)).eval()
-
-
-def _out(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).last_hidden_state
-
-
-def _randomise(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in adapted_modules(model).values():
-            for name, p in layer.adapter_parameters().items():
-                if name == "lora_magnitude":
-                    p.mul_(1 + 0.1 * torch.rand(p.shape, generator=g))
-                else:
-                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
 
 
 @pytest.mark.parametrize("method", ["lora", "slora", "dora", "svd"])
 def test_output_equals_base_at_init(pristine: nn.Module, batch, method: str) -> None:  # type: ignore[no-untyped-def]
     model = copy.deepcopy(pristine)
-    expected = _out(pristine, batch)
+    expected = hidden(pristine, batch)
     inject(model, AdapterConfig(method, r=4, target_modules=[*QV, "output.dense"]))
     assert len(adapted_modules(model)) == 6 * 4  # "output.dense" matches two per block
-    assert torch.equal(_out(model, batch), expected)
+    assert torch.equal(hidden(model, batch), expected)
 
 
 def test_lora_equals_peft_bit_for_bit(pristine: nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
@@ -71,13 +38,13 @@ def test_lora_equals_peft_bit_for_bit(pristine: nn.Module, batch) -> None:  # ty
     theirs = get_peft_model(
         copy.deepcopy(pristine), LoraConfig(r=8, lora_alpha=16, target_modules=QV)
     )
-    _randomise(ours)
+    randomise_model(ours)
     with torch.no_grad():
         for name, layer in adapted_modules(ours).items():
             peft_layer = theirs.base_model.model.get_submodule(name)
             peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
             peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
-    assert torch.equal(_out(ours, batch), _out(theirs, batch))
+    assert torch.equal(hidden(ours, batch), hidden(theirs, batch))
     counts = trainable_parameters(ours)
     assert (counts.trainable, counts.total) == theirs.get_nb_trainable_parameters()
     assert str(counts).startswith(f"trainable params: {counts.trainable:,d} || all params:")
@@ -93,14 +60,14 @@ def test_dora_equals_peft(pristine: nn.Module, batch) -> None:  # type: ignore[n
         peft_layer = theirs.base_model.model.get_submodule(name)
         peft_m = peft_layer.lora_magnitude_vector["default"].weight
         torch.testing.assert_close(layer.lora_magnitude, peft_m, rtol=1e-6, atol=1e-6)
-    _randomise(ours)
+    randomise_model(ours)
     with torch.no_grad():
         for name, layer in adapted_modules(ours).items():
             peft_layer = theirs.base_model.model.get_submodule(name)
             peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
             peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
             peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
-    torch.testing.assert_close(_out(ours, batch), _out(theirs, batch), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hidden(ours, batch), hidden(theirs, batch), rtol=1e-4, atol=1e-4)
     assert trainable_parameters(ours).trainable == theirs.get_nb_trainable_parameters()[0]
 
 
@@ -124,37 +91,13 @@ def test_rank_and_alpha_patterns_equal_peft(pristine: nn.Module) -> None:
 
 def test_only_adapters_get_gradients(pristine: nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     model = inject(copy.deepcopy(pristine), AdapterConfig("svd", r=4, target_modules=QV))
-    _randomise(model)
-    _out(model, batch).square().mean().backward()
+    randomise_model(model)
+    hidden(model, batch).square().mean().backward()
     for name, param in model.named_parameters():
         is_adapter = ".lora_" in name
         assert param.requires_grad == is_adapter, name
         assert (param.grad is not None) == is_adapter, name
     assert all(isinstance(m, SVDLinear) for m in adapted_modules(model).values())
-
-
-def test_merge_unmerge_and_merged_state_dict(pristine: nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
-    model = inject(copy.deepcopy(pristine), AdapterConfig("dora", r=4, target_modules=QV))
-    _randomise(model)
-    adapted = _out(model, batch)
-    state = merged_state_dict(model)
-    assert state.keys() == pristine.state_dict().keys()
-    fresh = copy.deepcopy(pristine)
-    fresh.load_state_dict(state, strict=True)
-    torch.testing.assert_close(_out(fresh, batch), adapted, rtol=1e-4, atol=1e-4)
-
-    merge(model)
-    assert all(layer.merged for layer in adapted_modules(model).values())
-    torch.testing.assert_close(_out(model, batch), adapted, rtol=1e-4, atol=1e-4)
-    merged_state = merged_state_dict(model)  # merged layers are taken as they are
-    for key, value in state.items():
-        torch.testing.assert_close(merged_state[key], value, rtol=1e-5, atol=1e-5)
-    unmerge(model)
-    original = pristine.state_dict()
-    for name, layer in adapted_modules(model).items():
-        torch.testing.assert_close(
-            layer.base_layer.weight, original[f"{name}.weight"], rtol=0, atol=1e-6
-        )
 
 
 def test_gradient_checkpointing(minilm_dir, batch) -> None:  # type: ignore[no-untyped-def]
@@ -165,12 +108,12 @@ def test_gradient_checkpointing(minilm_dir, batch) -> None:  # type: ignore[no-u
             str(minilm_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
         )
         inject(model, AdapterConfig("lora", r=4, target_modules=QV, seed=5))
-        _randomise(model)
+        randomise_model(model)
         if checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
         model.train()
-        _out(model, batch).square().mean().backward()
+        hidden(model, batch).square().mean().backward()
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     plain, checkpointed = run(False), run(True)
@@ -250,14 +193,12 @@ def test_bad_injection_is_rejected_before_changes(
 
 def test_double_injection_and_bad_arguments(pristine: nn.Module) -> None:
     model = inject(copy.deepcopy(pristine), AdapterConfig(target_modules=QV))
-    with pytest.raises(ValueError, match="already has adapters"):
+    with pytest.raises(ValueError, match="inject: model must have no adapters yet"):
         inject(model, AdapterConfig(target_modules=["key"]))
-    with pytest.raises(TypeError, match="config_or_plan must be an AdapterConfig"):
+    with pytest.raises(TypeError, match="inject: config_or_plan must be an AdapterConfig"):
         inject(copy.deepcopy(pristine), {"target_modules": QV})
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+    with pytest.raises(TypeError, match=r"inject: model must be an nn\.Module"):
         inject("model", AdapterConfig(target_modules=QV))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no adapter layers"):
-        merge(copy.deepcopy(pristine))
 
 
 def test_low_precision_model(pristine: nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
@@ -269,8 +210,8 @@ def test_low_precision_model(pristine: nn.Module, batch) -> None:  # type: ignor
         for p in layer.adapter_parameters().values()
     )
     assert isinstance(next(iter(adapted_modules(model).values())), DoraLinear)
-    out = _out(model, batch)
+    out = hidden(model, batch)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, _out(base, batch), rtol=0, atol=0)
+    torch.testing.assert_close(out, hidden(base, batch), rtol=0, atol=0)
     out.float().square().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
