@@ -133,6 +133,31 @@ def test_readme_has_runnable_blocks() -> None:
     assert all(b.skip is None for b in readme), [str(b) for b in readme if b.skip]
 
 
+_LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def relative_links(text: str) -> list[str]:
+    """Targets of the markdown links in ``text`` that point inside the repository (no scheme,
+    no pure anchor), without their ``#anchor``."""
+    targets = (m.group("target") for m in _LINK.finditer(text))
+    return [t.split("#")[0] for t in targets if "://" not in t and not t.startswith("#")]
+
+
+def test_relative_links_parsed() -> None:
+    text = "[a](docs/a.md) [b](https://x.org/b.md) [c](#top) [d](../README.md#set-up)"
+    assert relative_links(text) == ["docs/a.md", "../README.md"]
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve(path: Path) -> None:
+    missing = [
+        target
+        for target in relative_links(path.read_text(encoding="utf-8"))
+        if not (path.parent / target).exists()
+    ]
+    assert not missing, f"{path.relative_to(ROOT)} links to missing files: {missing}"
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=str)
 def test_block_runs(block: CodeBlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if block.skip is not None:
