@@ -10,12 +10,12 @@ Every variant starts from the same base weights and the same adapter values (our
 PEFT's), rank 8, alpha 16, float32 unless ``--dtype``. A step is forward + loss + backward (no
 optimizer; gradients set to None after each step).
 
-Time: after warm-up, ``--rounds`` rounds each run every variant once, in an order rotated per
-round (interleaved, so load on a shared machine hits all alike); we print the median and the
-inter-quartile range, the ours/PEFT ratio of medians, and the median of the per-round ratios
-(each pair measured seconds apart, which cancels slow drifts in machine load), for wall-clock
-time and for the process's CPU time (which leaves out waiting for a core on a busy machine;
-use ``--threads 1`` there, as CPU time sums over threads).
+Time (``benches/harness.py``): after warm-up, ``--rounds`` rounds each run every variant once,
+in an order rotated per round (interleaved, so load on a shared machine hits all alike); we
+print the median and the inter-quartile range, the ours/PEFT ratio of medians, and the median
+of the per-round ratios (each pair measured seconds apart, which cancels slow drifts in machine
+load), for wall-clock time and for the process's CPU time (which leaves out waiting for a core
+on a busy machine; use ``--threads 1`` there, as CPU time sums over threads).
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated
 before it. On CPU, PyTorch has no allocator statistics, so one step runs under a
@@ -34,8 +34,6 @@ import argparse
 import copy
 import functools
 import os
-import statistics
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +44,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from harness import cuda_sync, interleaved, ratio_summary
 from lorax_core.adapters import AdapterConfig, adapted_modules, inject
 
 Inputs = Any
@@ -96,43 +95,15 @@ def make_step(model: nn.Module, inputs: Inputs) -> Callable[[], None]:
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(
-    steps: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per step of every variant, interleaved with a rotating
-    order. CPU time excludes the time the process waits for a core on a loaded machine."""
-    names = list(steps)
-    for name in names:
-        for _ in range(warmup):
-            steps[name]()
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(rounds):
-        order = names[i % len(names) :] + names[: i % len(names)]
-        for name in order:
-            _sync(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            steps[name]()
-            _sync(device)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
-
-
 def peak_step_bytes(model: nn.Module, inputs: Inputs, device: torch.device) -> int:
     """Peak bytes allocated during one step above what was allocated before (see module doc)."""
     step = make_step(model, inputs)
     if device.type == "cuda":
-        _sync(device)
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         step()
-        _sync(device)
+        torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     external = [*model.parameters(), *model.buffers()]
     external += list(inputs.values()) if isinstance(inputs, dict) else [inputs]
@@ -202,11 +173,6 @@ def linear_workload(
     return model, torch.randn(tokens, 4096, device=device, dtype=dtype), ["0"]
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    q1, q2, q3 = statistics.quantiles(values, n=4)
-    return q1, q2, q3
-
-
 def run(name: str, base: nn.Module, inputs: Inputs, targets: list[str], args: Any) -> None:
     device = torch.device(args.device)
     variants = build_variants(base, targets)
@@ -222,14 +188,14 @@ def run(name: str, base: nn.Module, inputs: Inputs, targets: list[str], args: An
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
     steps = {k: make_step(m, inputs) for k, m in variants.items()}
-    wall, cpu = time_steps(steps, args.rounds, args.warmup, device)
+    times = interleaved(steps, args.rounds, args.warmup, cuda_sync(device))
     memory = {k: peak_step_bytes(m, inputs, device) for k, m in variants.items()}
     print(f"\n## {name} ({args.rounds} interleaved rounds, {args.device}, {args.dtype})")
     print("| variant | median wall ms | IQR ms | median CPU ms | peak step MiB |")
     print("|---|---:|---:|---:|---:|")
     for key in variants:
-        q1, q2, q3 = _quartiles(wall[key])
-        cpu_ms = 1e3 * statistics.median(cpu[key])
+        q1, q2, q3 = times[key].quartiles("wall")
+        cpu_ms = 1e3 * times[key].median("cpu")
         print(
             f"| {key} | {1e3 * q2:.1f} | {1e3 * (q3 - q1):.1f} | {cpu_ms:.1f} "
             f"| {memory[key] / 2**20:.1f} |"
@@ -237,14 +203,8 @@ def run(name: str, base: nn.Module, inputs: Inputs, targets: list[str], args: An
     for method in ("lora", "dora"):
         m = memory[f"ours {method}"] / memory[f"peft {method}"]
         print(f"ours/peft {method}: peak memory {m:.3f}")
-        for clock, times in (("wall", wall), ("CPU", cpu)):
-            ours, peft = times[f"ours {method}"], times[f"peft {method}"]
-            t = statistics.median(ours) / statistics.median(peft)
-            q1, paired, q3 = _quartiles([a / b for a, b in zip(ours, peft, strict=True)])
-            print(
-                f"  {clock} time {t:.3f} (ratio of medians), {paired:.3f} "
-                f"(median of per-round ratios, IQR {q1:.3f}-{q3:.3f})"
-            )
+        for clock in ("wall", "cpu"):
+            print(f"  {ratio_summary(times[f'ours {method}'], times[f'peft {method}'], clock)}")
 
 
 def main() -> None:

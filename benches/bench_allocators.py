@@ -16,13 +16,12 @@ Run: ``HF_HUB_OFFLINE=1 python benches/bench_allocators.py [--steps 40]``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from harness import Samples, timed
 from lorax_core.adapters import AdapterConfig, inject
 from lorax_core.allocators import AdaLoRA, ElaLoRA
 from lorax_core.datasets import bbc_news, minilm_path
@@ -56,14 +55,16 @@ class Task:
 
     def train_step(self, data, extra_loss: Callable[[], torch.Tensor] | None = None) -> float:
         inputs, labels = data
-        start = time.perf_counter()
-        hidden = self.model(**inputs).last_hidden_state[:, 0]
-        loss = torch.nn.functional.cross_entropy(self.head(hidden), labels)
-        if extra_loss is not None:
-            loss = loss + extra_loss()
-        loss.backward()
-        self.opt.step()
-        return time.perf_counter() - start
+
+        def step() -> None:
+            hidden = self.model(**inputs).last_hidden_state[:, 0]
+            loss = torch.nn.functional.cross_entropy(self.head(hidden), labels)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            loss.backward()
+            self.opt.step()
+
+        return timed(step).wall
 
 
 def ours(method: str, total: int) -> tuple[Task, AdaLoRA | ElaLoRA]:
@@ -107,7 +108,8 @@ def peft_adalora(total: int):  # type: ignore[no-untyped-def]
 
 
 def median_ms(values: list[float]) -> float:
-    return 1e3 * statistics.median(values) if values else float("nan")
+    """Median of ``values`` (seconds) in milliseconds; NaN when empty."""
+    return 1e3 * Samples(wall=values).median()
 
 
 def run_overhead(steps: int, data) -> None:  # type: ignore[no-untyped-def]
@@ -136,9 +138,7 @@ def run_overhead(steps: int, data) -> None:  # type: ignore[no-untyped-def]
             rec = timings.setdefault(name, {"step": [], "plain": [], "alloc": []})
             rec["step"].append(task.train_step(data[t - 1]))
             is_alloc = alloc.allocator_.is_allocation_step(t) if alloc is not None else None
-            start = time.perf_counter()
-            call(t)
-            elapsed = time.perf_counter() - start
+            elapsed = timed(lambda call=call, t=t: call(t)).wall
             task.opt.zero_grad()
             if is_alloc is None:  # PEFT: masking steps are t % deltaT == 0 after tinit
                 cfg = peft_model.peft_config["default"]

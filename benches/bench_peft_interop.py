@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +27,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from harness import Samples, timed
 from lorax_core import AdapterConfig, export_peft, import_peft, inject
 from lorax_core.adapters import adapted_modules
 from lorax_core.datasets import minilm_path
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def paired_models(base: nn.Module) -> tuple[nn.Module, Any]:
@@ -62,15 +54,14 @@ def paired_models(base: nn.Module) -> tuple[nn.Module, Any]:
 def one_round(base: nn.Module, ours: nn.Module, theirs: Any, work: Path) -> dict[str, Any]:
     """Times of the four steps, and the two loaded models."""
     result: dict[str, Any] = {
-        "export": timed(lambda: export_peft(ours, work / "ours")),
-        "save": timed(lambda: theirs.save_pretrained(str(work / "peft"))),
+        "export": timed(lambda: export_peft(ours, work / "ours")).wall,
+        "save": timed(lambda: theirs.save_pretrained(str(work / "peft"))).wall,
     }
     mine, peft_base = copy.deepcopy(base), copy.deepcopy(base)
-    result["import"] = timed(lambda: import_peft(mine, work / "ours"))
-    start = time.perf_counter()
-    loaded = PeftModel.from_pretrained(peft_base, str(work / "ours"))
-    result["load"] = time.perf_counter() - start
-    result["models"] = (mine, loaded)
+    result["import"] = timed(lambda: import_peft(mine, work / "ours")).wall
+    load = timed(lambda: PeftModel.from_pretrained(peft_base, str(work / "ours")))
+    result["load"] = load.wall
+    result["models"] = (mine, load.result)
     return result
 
 
@@ -99,7 +90,7 @@ def main() -> None:
         for key in steps:
             times[key].append(result[key])
 
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med = {k: Samples(wall=v).median() * 1e3 for k, v in times.items()}
     size = (work / "ours" / "adapter_model.safetensors").stat().st_size
     print(
         f"MiniLM, LoRA r=8 on {len(adapted_modules(ours))} modules, adapter file "
