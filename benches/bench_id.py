@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from harness import PeakRSS, interleaved, numpy_sgemm_gflops, timed
+from harness import PeakRSS, fraction_of_limit, interleaved, numpy_sgemm_gflops, timed
 from lorax_core import id as lid
 from lorax_core.synthetic import embedded_gaussian
 
@@ -90,15 +90,19 @@ def main() -> None:
         "| speed-up | MLE s | skdim MLE s | speed-up |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    limits = []
     for n in sizes:
         m = bench_size(n, args.reps, 1 if n > 20_000 else args.reps)
         eff = 2 * n * n * D / m["knn"] / 1e9
+        rate = fraction_of_limit(eff, m["gemm"], "GFLOP/s", "numpy sgemm")
+        limits.append(f"kNN at N={n}: {rate}")
         print(
             f"| {n} | {m['knn']:.2f} | {eff:.0f} | {m['gemm']:.0f} | {eff / m['gemm']:.2f}x "
             f"| {m['twonn']:.2f} | {m['sk_tw']:.2f} | {m['sk_tw'] / m['twonn']:.1f}x "
             f"| {m['mle']:.2f} | {m['sk_mle']:.2f} | {m['sk_mle'] / m['mle']:.1f}x |",
             flush=True,
         )
+    print("\n".join(limits))
     if args.memory:
         peak_memory(100_000)
 
