@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from lorax_core._validation import Instance, NoneValue, Satisfies, check, describe
+from lorax_core.adapters.patterns import matches_module_list, module_selected
+
 __all__ = ["ModuleShapes", "block_of", "linear_modules", "select_targets"]
 
 #: Full module name -> ``(in_features, out_features)`` of an ``nn.Linear``.
@@ -29,8 +32,7 @@ def block_of(name: str) -> int | None:
 
 def linear_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Every ``nn.Linear`` of ``model`` inside a block: name -> ``(in_features, out_features)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check("linear_modules", "model", model, Instance(nn.Module, "a torch.nn.Module"))
     return {
         name: (module.in_features, module.out_features)
         for name, module in model.named_modules()
@@ -41,39 +43,52 @@ def linear_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
 def select_targets(modules: ModuleShapes, target_modules: str | Sequence[str] | None) -> list[str]:
     """Names in ``modules`` selected by ``target_modules``, in the order of ``modules``.
 
-    ``target_modules`` follows PEFT's conventions: ``None`` or ``"all-linear"`` selects every
-    module; another string is a regular expression that must match the full name; a sequence
-    of strings selects names equal to an entry or ending in ``"." + entry``.
+    ``target_modules`` follows PEFT's conventions, matched by the adapters' own matcher
+    (:func:`lorax_core.adapters.patterns.module_selected`): ``None`` or ``"all-linear"``
+    selects every module; another string is a regular expression that must match the full
+    name; a sequence of strings selects names equal to an entry or ending in ``"." + entry``.
 
     Raises:
         TypeError: ``target_modules`` is not a string or a sequence of strings.
-        ValueError: nothing is selected, or a listed entry matches no module.
+        ValueError: nothing is selected, the regular expression is invalid, or a listed entry
+            matches no module.
     """
+    target_modules = check("select_targets", "target_modules", target_modules, *_TARGETS)
     names = list(modules)
     if target_modules is None or target_modules == "all-linear":
-        selected = names
-    elif isinstance(target_modules, str):
+        return names
+    if isinstance(target_modules, str):
         try:
-            pattern = re.compile(target_modules)
+            re.compile(target_modules)
         except re.error as err:
-            raise ValueError(f"target_modules is not a valid regular expression: {err}") from None
-        selected = [n for n in names if pattern.fullmatch(n)]
-    elif isinstance(target_modules, Sequence) and all(isinstance(t, str) for t in target_modules):
-        unmatched = [t for t in target_modules if not any(_is_suffix(n, t) for n in names)]
+            raise ValueError(
+                f"select_targets: target_modules must be a valid regular expression, got "
+                f"{describe(target_modules)} ({err})"
+            ) from None
+    else:
+        unmatched = [
+            t for t in target_modules if not any(matches_module_list([t], n) for n in names)
+        ]
         if unmatched:
             raise ValueError(
                 f"target_modules entries match no linear module in a block: {unmatched}"
             )
-        selected = [n for n in names if any(_is_suffix(n, t) for t in target_modules)]
-    else:
-        raise TypeError(
-            "target_modules must be None, a regular expression or a sequence of module names, "
-            f"got {type(target_modules).__name__}"
-        )
+    selected = [n for n in names if module_selected(target_modules, None, n)]
     if not selected:
         raise ValueError(f"target_modules={target_modules!r} selects no linear module in a block")
     return selected
 
 
-def _is_suffix(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
+_TARGETS = (
+    NoneValue(),
+    Instance(str, "a regular expression"),
+    Satisfies(
+        (list, tuple),
+        lambda names: all(isinstance(t, str) for t in names),
+        "a sequence of module names",
+    ),
+)
+
+
+def _matches_any(entry: str, names: Sequence[str]) -> bool:
+    return any(matches_module_list([entry], name) for name in names)

@@ -1,37 +1,46 @@
-"""GeLoRA rank plans: the rank rule of SPEC §4, budget mode, JSON and PEFT conversion.
+"""GeLoRA rank plans: what a plan holds, how one is made from layer IDs, its PEFT conversion.
 
-Rank of every adapted matrix in block i (1-based), from the layer IDs d_0 … d_L:
-
-    r_i = clamp(ceil(c · max(d_i − d_{i−1}, 0)) + offset, rank_min, rank_max),
-    alpha_i = alpha_over_r · r_i.
-
-A LoRA adapter of rank r on ``Linear(in, out)`` trains r · (in + out) parameters.
+:func:`plan_ranks` applies the rank rule (:mod:`lorax_core.gelora.rule`, docs/gelora.md) to
+the IDs d_0 … d_L of a model's hidden states and the model's linear modules; the
+:class:`RankPlan` it returns converts to a ``peft.LoraConfig`` or a lorax_core
+``AdapterConfig`` and reads and writes its JSON document (:mod:`lorax_core.gelora.schema`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from numbers import Real
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from lorax_core._atomic import atomic_write
+from lorax_core._validation import (
+    Instance,
+    Integer,
+    NoneValue,
+    Real,
+    Satisfies,
+    check,
+    is_real,
+    validate_params,
+)
+from lorax_core.gelora import schema
 from lorax_core.gelora.modules import ModuleShapes, block_of, linear_modules, select_targets
+from lorax_core.gelora.rule import (
+    Budget,
+    block_ranks,
+    budget_parameters,
+    check_budget,
+    id_increases,
+    solve_c,
+)
+from lorax_core.gelora.schema import PLAN_FORMAT, PLAN_VERSION
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "LayerProfile", "ModulePlan", "RankPlan", "plan_ranks"]
-
-PLAN_FORMAT = "lorax_core.rank_plan"
-PLAN_VERSION = 1
-_BISECTION_STEPS = 200
-_C_LIMIT = 1e15  # budget mode searches c in [0, _C_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -176,33 +185,12 @@ class RankPlan:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The versioned JSON document (SPEC §4)."""
-        return {
-            "format": PLAN_FORMAT,
-            "version": PLAN_VERSION,
-            "model": self.model,
-            "estimator": self.estimator,
-            "capture": self.capture,
-            "rule": {
-                "c": self.c,
-                "offset": self.offset,
-                "rank_min": self.rank_min,
-                "rank_max": self.rank_max,
-                "alpha_over_r": self.alpha_over_r,
-                "budget": self.budget,
-            },
-            "layers": [
-                {**asdict(layer), "ci": None if layer.ci is None else list(layer.ci)}
-                for layer in self.layers
-            ],
-            "modules": {name: asdict(m) for name, m in self.modules.items()},
-            "num_parameters": self.num_parameters,
-        }
+        """The versioned JSON document (:mod:`lorax_core.gelora.schema`, docs/gelora.md)."""
+        return schema.plan_to_dict(self)
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan as JSON atomically; returns the path."""
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return schema.write_plan(self, path)
 
     @classmethod
     def from_dict(cls, doc: Any) -> RankPlan:
@@ -212,7 +200,7 @@ class RankPlan:
             ValueError: wrong format or version, a missing or mistyped field, or inconsistent
                 values (layer indices, blocks, parameter count).
         """
-        return _parse(doc)
+        return schema.plan_from_dict(doc)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> RankPlan:
@@ -221,17 +209,7 @@ class RankPlan:
         Raises:
             ValueError: the file is unreadable, not JSON, or not a valid plan (see from_dict).
         """
-        p = Path(path)
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"{p}: cannot read plan: {err}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p}: plan is not valid JSON: {err}") from None
-        try:
-            return _parse(doc)
-        except ValueError as err:
-            raise ValueError(f"{p}: {err}") from None
+        return schema.read_plan(path)
 
 
 def _reject_reserved(kwargs: Mapping[str, Any]) -> None:
@@ -246,37 +224,39 @@ def _short(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _dimension_of(item: Any, i: int) -> tuple[float, tuple[float, float] | None]:
+    """d_i and its interval from a float or an ``IDResult``-like object."""
     if hasattr(item, "dimension"):
-        value, ci = item.dimension, getattr(item, "ci", None)
-    else:
-        value, ci = item, None
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"layer_ids[{i}] must be a finite number or an IDResult, got {value!r}")
-    if ci is not None:
-        ci = (float(ci[0]), float(ci[1]))
-    return float(value), ci
+        value = check("plan_ranks", f"layer_ids[{i}].dimension", item.dimension, Real())
+        ci = check("plan_ranks", f"layer_ids[{i}].ci", getattr(item, "ci", None), *_CI)
+        return value, None if ci is None else (float(ci[0]), float(ci[1]))
+    return check("plan_ranks", f"layer_ids[{i}]", item, Real(), _ID_RESULT), None
 
 
-def _parse_budget(budget: int | str | None, weights: Sequence[int]) -> int | None:
-    if budget is None:
-        return None
-    if isinstance(budget, str) and budget.startswith("uniform:"):
-        r = budget.removeprefix("uniform:")
-        if not r.isdigit() or int(r) < 1:
-            raise ValueError(f"budget must be a positive int or 'uniform:<r>', got {budget!r}")
-        return int(r) * sum(weights)
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive int or 'uniform:<r>', got {budget!r}")
-    return budget
+# Named in messages only: an IDResult-like item was already read through its attributes.
+_ID_RESULT = Satisfies((), lambda item: False, "an IDResult")
+_CI = (
+    Satisfies(
+        (tuple, list),
+        lambda ci: len(ci) == 2 and all(is_real(v) for v in ci),
+        "a pair of numbers",
+    ),
+    NoneValue(),
+)
 
 
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
+@validate_params(
+    layer_ids=Satisfies(
+        (Sequence, np.ndarray),
+        lambda ids: len(ids) >= 2 and not isinstance(ids, str),
+        "a sequence of at least two IDs (d_0 and d_1)",
+    ),
+    model=[Instance(nn.Module, "a torch.nn.Module"), Instance(Mapping, "a mapping"), NoneValue()],
+    c=Real(low=0),
+    offset=Integer(),
+    rank_min=Integer(low=1),
+    rank_max=[Integer(low=1), NoneValue()],
+    alpha_over_r=Real(low=0, closed="neither"),
+)
 def plan_ranks(
     layer_ids: Sequence[Any],
     model: nn.Module | ModuleShapes | None,
@@ -287,7 +267,7 @@ def plan_ranks(
     rank_min: int = 1,
     rank_max: int | None = None,
     alpha_over_r: float = 32,
-    budget: int | str | None = None,
+    budget: Budget | None = None,
 ) -> RankPlan:
     """Apply the GeLoRA rank rule to layer IDs d_0 … d_L.
 
@@ -298,7 +278,8 @@ def plan_ranks(
             plan without modules.
         target_modules: PEFT-style selection (see ``modules.select_targets``); ``None`` or
             ``"all-linear"`` selects every linear module inside a block.
-        c, offset, rank_min, rank_max, alpha_over_r: the rule's parameters (SPEC §4).
+        c, offset, rank_min, rank_max, alpha_over_r: the rule's parameters
+            (:mod:`lorax_core.gelora.rule`, docs/gelora.md); ``rank_max >= rank_min``.
         budget: a total LoRA parameter count, or ``"uniform:<r>"`` for uniform rank-r LoRA's
             count. ``c`` is then solved for: the largest ``c`` whose plan does not exceed the
             budget (bisection; ranks are monotone in ``c``). The ``c`` argument is ignored.
@@ -307,27 +288,16 @@ def plan_ranks(
         The :class:`RankPlan`.
 
     Raises:
-        TypeError, ValueError: bad arguments; a targeted module outside blocks 1 … L; a budget
-            below the smallest plan (that at c = 0).
+        TypeError, ValueError: bad arguments (``plan_ranks: <argument> must be …``); a
+            targeted module outside blocks 1 … L; a budget below the smallest plan (that at
+            c = 0).
     """
     if isinstance(layer_ids, np.ndarray):
         layer_ids = layer_ids.tolist()
-    if not isinstance(layer_ids, Sequence) or len(layer_ids) < 2:
-        raise ValueError("layer_ids must hold at least two IDs (d_0 and d_1)")
     profile = [_dimension_of(item, i) for i, item in enumerate(layer_ids)]
-    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-        raise ValueError(f"c must be a finite number >= 0, got {c!r}")
-    _check_int("offset", offset, None)
-    _check_int("rank_min", rank_min, 1)
     if rank_max is not None:
-        _check_int("rank_max", rank_max, rank_min)
-    if (
-        isinstance(alpha_over_r, bool)
-        or not isinstance(alpha_over_r, (int, float))
-        or not math.isfinite(alpha_over_r)
-        or alpha_over_r <= 0
-    ):
-        raise ValueError(f"alpha_over_r must be a finite number > 0, got {alpha_over_r!r}")
+        check("plan_ranks", "rank_max", rank_max, Integer(low=rank_min), NoneValue())
+    budget = check_budget("plan_ranks", "budget", budget)
 
     shapes: ModuleShapes
     if model is None:
@@ -342,35 +312,18 @@ def plan_ranks(
         raise ValueError(
             f"target modules lie outside blocks 1..{n_blocks} of the ID profile: {_short(outside)}"
         )
-    weights = [0] * (n_blocks + 1)
+    weights = [0] * n_blocks  # Σ in + out of the targeted modules of blocks 1 … L
     for name in names:
-        weights[blocks[name] or 0] += sum(shapes[name])
-    deltas = [0.0] + [max(profile[i][0] - profile[i - 1][0], 0.0) for i in range(1, n_blocks + 1)]
+        weights[blocks[name] - 1] += sum(shapes[name])  # type: ignore[operator]
+    increases = id_increases([d for d, _ in profile])
 
-    def ranks_at(c_value: float) -> list[int]:
-        ranks = [0]
-        for delta in deltas[1:]:
-            r = max(math.ceil(c_value * delta) + offset, rank_min)
-            ranks.append(r if rank_max is None else min(r, rank_max))
-        return ranks
-
-    def cost(c_value: float) -> int:
-        return sum(r * w for r, w in zip(ranks_at(c_value), weights, strict=True))
-
-    target = _parse_budget(budget, weights)
+    target = budget_parameters(budget, weights)
     if target is not None:
         if not names:
-            raise ValueError("budget needs target modules; pass a model")
-        growing = [d for d, w in zip(deltas, weights, strict=True) if w and d > 0]
-        if not growing:
-            c_cap: float | None = 0.0
-        elif rank_max is None:
-            c_cap = None
-        else:
-            c_cap = max(0.0, *(min((rank_max - offset) / d, _C_LIMIT) for d in growing))
-        c = _solve_c(cost, target, c_cap)
+            raise ValueError("plan_ranks: budget needs target modules; pass a model")
+        c = solve_c(increases, weights, target, offset, rank_min, rank_max)
 
-    ranks = ranks_at(c)
+    ranks = [0, *block_ranks(increases, c, offset, rank_min, rank_max)]
     layers = tuple(
         LayerProfile(
             index=i,
@@ -383,9 +336,9 @@ def plan_ranks(
     )
     planned = {
         name: ModulePlan(
-            block=blocks[name] or 0,
-            rank=ranks[blocks[name] or 0],
-            alpha=float(alpha_over_r * ranks[blocks[name] or 0]),
+            block=blocks[name],  # type: ignore[arg-type]
+            rank=ranks[blocks[name]],  # type: ignore[index]
+            alpha=float(alpha_over_r * ranks[blocks[name]]),  # type: ignore[index]
             in_features=shapes[name][0],
             out_features=shapes[name][1],
         )
@@ -402,134 +355,3 @@ def plan_ranks(
         budget=target,
         model={"class": type(model).__name__} if isinstance(model, nn.Module) else {},
     )
-
-
-def _solve_c(cost: Callable[[float], int], budget: int, c_cap: float | None) -> float:
-    """Largest c with cost(c) <= budget; cost is a non-decreasing step function of c.
-
-    ``c_cap`` is a c beyond which cost no longer changes (None: it grows without bound).
-    """
-    if cost(0.0) > budget:
-        raise ValueError(
-            f"budget={budget} is below the smallest plan (c = 0), which needs {cost(0.0)} "
-            "parameters; lower offset/rank_min or raise the budget"
-        )
-    lo, hi = 0.0, 1.0
-    if c_cap is not None:
-        hi = min(2 * c_cap + 1, _C_LIMIT)
-        if cost(hi) <= budget:
-            return hi  # every growing rank is at rank_max: the budget cannot be spent
-    else:
-        while cost(hi) <= budget:
-            if hi >= _C_LIMIT:
-                return hi  # the ID increases are too small to spend the budget
-            lo, hi = hi, min(hi * 2, _C_LIMIT)
-    for _ in range(_BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        if cost(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def _field(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in doc:
-        raise ValueError(f"plan field {where}{key!r} is missing")
-    value = doc[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"plan field {where}{key!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _parse(doc: Any) -> RankPlan:
-    if not isinstance(doc, dict):
-        raise ValueError("plan must be a JSON object")
-    if doc.get("format") != PLAN_FORMAT:
-        raise ValueError(
-            f"not a rank plan (format {doc.get('format')!r}, expected {PLAN_FORMAT!r})"
-        )
-    if doc.get("version") != PLAN_VERSION:
-        raise ValueError(
-            f"unsupported plan version {doc.get('version')!r} (this is {PLAN_VERSION})"
-        )
-    rule = _field(doc, "rule", dict, "")
-    number = (int, float)
-    layers_doc = _field(doc, "layers", list, "")
-    layers: list[LayerProfile] = []
-    for i, item in enumerate(layers_doc):
-        where = f"layers[{i}]."
-        if not isinstance(item, dict):
-            raise ValueError(f"plan field layers[{i}] must be an object")
-        if _field(item, "index", int, where) != i:
-            raise ValueError(f"plan field {where}'index' must be {i}")
-        ci = item.get("ci")
-        if ci is not None and not (
-            isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, number) for v in ci)
-        ):
-            raise ValueError(f"plan field {where}'ci' must be null or two numbers")
-        rank, alpha = item.get("rank"), item.get("alpha")
-        if i == 0 and (rank is not None or alpha is not None):
-            raise ValueError("plan field layers[0] (the embeddings) must have no rank or alpha")
-        if i > 0:
-            _positive(_field(item, "rank", int, where), f"{where}'rank'")
-            _positive(_field(item, "alpha", number, where), f"{where}'alpha'")
-        layers.append(
-            LayerProfile(
-                index=i,
-                dimension=float(_field(item, "dimension", number, where)),
-                ci=None if ci is None else (float(ci[0]), float(ci[1])),
-                rank=rank,
-                alpha=None if alpha is None else float(alpha),
-            )
-        )
-    if len(layers) < 2:
-        raise ValueError("plan field 'layers' must hold at least two layers")
-    modules: dict[str, ModulePlan] = {}
-    for name, item in _field(doc, "modules", dict, "").items():
-        where = f"modules[{name!r}]."
-        if not isinstance(item, dict):
-            raise ValueError(f"plan field modules[{name!r}] must be an object")
-        values = {
-            key: _positive(_field(item, key, int, where), f"{where}{key!r}")
-            for key in ("block", "rank", "in_features", "out_features")
-        }
-        if values["block"] >= len(layers):
-            raise ValueError(f"plan field {where}'block' is beyond the {len(layers) - 1} blocks")
-        alpha = _positive(_field(item, "alpha", number, where), f"{where}'alpha'")
-        modules[name] = ModulePlan(alpha=float(alpha), **values)
-    rank_max = rule.get("rank_max")
-    budget = rule.get("budget")
-    plan = RankPlan(
-        layers=tuple(layers),
-        modules=modules,
-        c=float(_field(rule, "c", number, "rule.")),
-        offset=_field(rule, "offset", int, "rule."),
-        rank_min=_positive(_field(rule, "rank_min", int, "rule."), "rule.'rank_min'"),
-        rank_max=None
-        if rank_max is None
-        else _positive(_field(rule, "rank_max", int, "rule."), "rule.'rank_max'"),
-        alpha_over_r=float(_positive(_field(rule, "alpha_over_r", number, "rule."), "alpha")),
-        budget=None
-        if budget is None
-        else _positive(_field(rule, "budget", int, "rule."), "rule.'budget'"),
-        model=_field(doc, "model", dict, ""),
-        estimator=_field(doc, "estimator", dict, ""),
-        capture=_field(doc, "capture", dict, ""),
-    )
-    if doc.get("num_parameters") != plan.num_parameters:
-        raise ValueError(
-            f"plan field 'num_parameters' is {doc.get('num_parameters')!r} but its modules add "
-            f"up to {plan.num_parameters}"
-        )
-    return plan
-
-
-def _positive(value: Any, where: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"plan field {where} must be a number")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"plan field {where} must be > 0, got {value}")
-    return value
