@@ -127,12 +127,22 @@ def test_bad_arguments(model, minilm_tokenizer, texts) -> None:  # type: ignore[
     data = batches(minilm_tokenizer, texts, 5)
     with pytest.raises(ValueError, match="larger than the data, which holds only 10 examples"):
         capture_hidden_states(model, data, n_samples=11)
-    with pytest.raises(ValueError, match="pooling"):
+    with pytest.raises(ValueError, match=r"^capture_hidden_states: pooling must be one of 'mean'"):
         capture_hidden_states(model, data, pooling="max")
-    with pytest.raises(ValueError, match="n_samples"):
+    with pytest.raises(ValueError, match=r"^capture_hidden_states: n_samples must be an int >= 1"):
         capture_hidden_states(model, data, n_samples=0)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"n_samples must be an int >= 1, got None"):
+        capture_hidden_states(model, data, n_samples=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        capture_hidden_states(model, data, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int >= 0, got True"):
+        capture_hidden_states(model, data, seed=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^capture_hidden_states: model must be a torch.nn.Module"):
         capture_hidden_states("bert", data)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="layers must be a non-empty sequence of module names"):
+        capture_hidden_states(model, data, layers=[])
+    with pytest.raises(TypeError, match="layers must be a non-empty sequence"):
+        capture_hidden_states(model, data, layers="encoder.layer.0")  # type: ignore[arg-type]
     generic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match="pass layers"):
         capture_hidden_states(generic, [torch.zeros(2, 3)], n_samples=2)
@@ -192,3 +202,9 @@ def test_pool_stored_states() -> None:
         pool_hidden_states(flat, n_samples=6)
     with pytest.raises(ValueError, match="per-token"):
         pool_hidden_states(flat, pooling="tokens")
+    with pytest.raises(ValueError, match=r"^pool_hidden_states: layers must hold at least one"):
+        pool_hidden_states([])
+    with pytest.raises(ValueError, match=r"^pool_hidden_states: chunk_size must be an int >= 1"):
+        pool_hidden_states(flat, chunk_size=0)
+    # NumPy integers are ints
+    assert pool_hidden_states(flat, n_samples=np.int64(2), seed=np.uint8(1))[0].shape == (2, 3)

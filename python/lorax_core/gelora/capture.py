@@ -27,6 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lorax_core._validation import (
+    Instance,
+    Integer,
+    NoneValue,
+    Options,
+    Satisfies,
+    validate_params,
+)
 from lorax_core.gelora.modules import linear_modules
 from lorax_core.gelora.states import save_hidden_states
 
@@ -38,15 +46,11 @@ POOLINGS: tuple[str, ...] = get_args(Pooling)
 Batch = Mapping[str, Any] | torch.Tensor | Sequence[Any]
 
 
-def _check_common(pooling: str, n_samples: int | None, seed: int) -> None:
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if n_samples is not None and (
-        not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1
-    ):
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+_COMMON = {
+    "pooling": Options(POOLINGS),
+    "n_samples": (Integer(low=1), NoneValue()),
+    "seed": Integer(low=0),
+}
 
 
 class _Collector:
@@ -134,6 +138,7 @@ def pool_batch(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     return h[torch.arange(h.shape[0]), index]
 
 
+@validate_params(**_COMMON, chunk_size=Integer(low=1))
 def pool_hidden_states(
     layers: Sequence[np.ndarray | torch.Tensor],
     attention_mask: np.ndarray | torch.Tensor | None = None,
@@ -162,9 +167,8 @@ def pool_hidden_states(
         ValueError: bad pooling/n_samples, inconsistent shapes, or ``n_samples`` larger than
             the data.
     """
-    _check_common(pooling, n_samples, seed)
     if not layers:
-        raise ValueError("layers must hold at least one array")
+        raise ValueError("pool_hidden_states: layers must hold at least one array, got []")
     tensors = [torch.as_tensor(np.asarray(h)) for h in layers]
     n_rows = {t.shape[0] for t in tensors}
     if len(n_rows) != 1:
@@ -185,6 +189,18 @@ def pool_hidden_states(
     return collector.result()
 
 
+@validate_params(
+    **{**_COMMON, "n_samples": Integer(low=1)},
+    model=Instance(nn.Module, "a torch.nn.Module"),
+    layers=(
+        Satisfies(
+            (list, tuple),
+            lambda names: bool(names) and all(isinstance(n, str) for n in names),
+            "a non-empty sequence of module names",
+        ),
+        NoneValue(),
+    ),
+)
 def capture_hidden_states(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -219,9 +235,6 @@ def capture_hidden_states(
         ValueError: bad arguments, unknown layer names, a model whose blocks cannot be found,
             or fewer examples/tokens than ``n_samples``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_common(pooling, n_samples, seed)
     collector = _Collector(pooling, n_samples, seed)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -265,8 +278,6 @@ class _LayerHooks:
                     "naming them in order"
                 )
             return
-        if isinstance(layers, str) or not layers:
-            raise ValueError("layers must be a non-empty sequence of module names")
         named = dict(model.named_modules())
         missing = [name for name in layers if name not in named]
         if missing:
