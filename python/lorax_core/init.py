@@ -1,22 +1,7 @@
 """Adapter initialisers (``nlora``, ``nystrom``, ``pissa``); they live in
 :mod:`lorax_core.adapters.init`, re-exported here under their former path."""
 
-from lorax_core.adapters.init import (
-    INIT_METHODS,
-    RESIDUAL_INITS,
-    initialize,
-    initialize_model,
-    nlora,
-    nystrom,
-    pissa,
-)
+from lorax_core.adapters import init as _home
+from lorax_core.adapters.init import *  # noqa: F403
 
-__all__ = [
-    "INIT_METHODS",
-    "RESIDUAL_INITS",
-    "initialize",
-    "initialize_model",
-    "nlora",
-    "nystrom",
-    "pissa",
-]
+__all__ = list(_home.__all__)

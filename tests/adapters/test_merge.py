@@ -46,5 +46,7 @@ def test_merge_unmerge_and_merged_state_dict(pristine: nn.Module, batch) -> None
 
 
 def test_merge_of_a_model_without_adapters_is_an_error(pristine: nn.Module) -> None:
-    with pytest.raises(ValueError, match="no adapter layers"):
-        merge(copy.deepcopy(pristine))
+    for function in (merge, unmerge, merged_state_dict):
+        message = f"{function.__name__}: model must have adapter layers"
+        with pytest.raises(ValueError, match=message):
+            function(copy.deepcopy(pristine))

@@ -204,7 +204,7 @@ def pissa(
     return B, A
 
 
-def _factor(layer: AdapterLinear, name: str) -> torch.Tensor | None:
+def _factor(layer: nn.Module, name: str) -> torch.Tensor | None:
     value = getattr(layer, name, None)
     return value if isinstance(value, torch.Tensor) else None
 

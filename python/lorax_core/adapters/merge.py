@@ -11,11 +11,11 @@ from lorax_core.adapters.layer import AdapterLinear
 __all__ = ["merge", "merged_state_dict", "unmerge"]
 
 
-def _layers(model: nn.Module) -> dict[str, AdapterLinear]:
+def _layers(function: str, model: nn.Module) -> dict[str, AdapterLinear]:
     """The adapter layers of ``model``; an error if there are none."""
     layers = adapted_modules(model)
     if not layers:
-        raise ValueError("model has no adapter layers")
+        raise ValueError(f"{function}: model must have adapter layers, got none")
     return layers
 
 
@@ -24,14 +24,14 @@ def merge(model: nn.Module) -> nn.Module:
 
     The forward output is unchanged up to float rounding; merged layers skip the adapter path.
     """
-    for layer in _layers(model).values():
+    for layer in _layers("merge", model).values():
         layer.merge()
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo :func:`merge`: base weights restored up to float rounding; returns ``model``."""
-    for layer in _layers(model).values():
+    for layer in _layers("unmerge", model).values():
         layer.unmerge()
     return model
 
@@ -44,7 +44,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     adapter parameters and buffers are left out. The model itself is not modified. Tensors are
     detached; unadapted entries share storage with the model.
     """
-    layers = _layers(model)
+    layers = _layers("merged_state_dict", model)
     state = model.state_dict()
     merged: dict[str, torch.Tensor] = {}
     prefixes = sorted(layers, key=len, reverse=True)
