@@ -33,17 +33,24 @@ def test_output_equals_base_at_init(pristine: nn.Module, batch, method: str) -> 
     assert torch.equal(hidden(model, batch), expected)
 
 
+def _copy_into_peft(ours: nn.Module, theirs: nn.Module) -> None:
+    """Our adapter values into the PEFT model's (A, B and, for DoRA, the magnitude)."""
+    with torch.no_grad():
+        for name, layer in adapted_modules(ours).items():
+            peft_layer = theirs.base_model.model.get_submodule(name)
+            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+            if isinstance(layer, DoraLinear):
+                peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
+
+
 def test_lora_equals_peft_bit_for_bit(pristine: nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     ours = inject(copy.deepcopy(pristine), AdapterConfig("lora", r=8, alpha=16, target_modules=QV))
     theirs = get_peft_model(
         copy.deepcopy(pristine), LoraConfig(r=8, lora_alpha=16, target_modules=QV)
     )
     randomise_model(ours)
-    with torch.no_grad():
-        for name, layer in adapted_modules(ours).items():
-            peft_layer = theirs.base_model.model.get_submodule(name)
-            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
-            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+    _copy_into_peft(ours, theirs)
     assert torch.equal(hidden(ours, batch), hidden(theirs, batch))
     counts = trainable_parameters(ours)
     assert (counts.trainable, counts.total) == theirs.get_nb_trainable_parameters()
@@ -61,12 +68,7 @@ def test_dora_equals_peft(pristine: nn.Module, batch) -> None:  # type: ignore[n
         peft_m = peft_layer.lora_magnitude_vector["default"].weight
         torch.testing.assert_close(layer.lora_magnitude, peft_m, rtol=1e-6, atol=1e-6)
     randomise_model(ours)
-    with torch.no_grad():
-        for name, layer in adapted_modules(ours).items():
-            peft_layer = theirs.base_model.model.get_submodule(name)
-            peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
-            peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
-            peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
+    _copy_into_peft(ours, theirs)
     torch.testing.assert_close(hidden(ours, batch), hidden(theirs, batch), rtol=1e-4, atol=1e-4)
     assert trainable_parameters(ours).trainable == theirs.get_nb_trainable_parameters()[0]
 
