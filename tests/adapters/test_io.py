@@ -225,6 +225,25 @@ def test_load_rejects_mismatches(tmp_path: Path) -> None:
         load_adapter(merged, path)
 
 
+def test_load_rejects_a_malformed_header_whose_checksum_matches(tmp_path: Path) -> None:
+    """A weights file with a consistent checksum but a header that overlaps two tensors."""
+    import hashlib
+    import struct
+
+    path = _saved(tmp_path)
+    header = json.dumps(
+        {
+            "0.lora_A": {"dtype": "F32", "shape": [2, 8], "data_offsets": [0, 64]},
+            "0.lora_B": {"dtype": "F32", "shape": [16, 2], "data_offsets": [32, 160]},
+        }
+    ).encode()
+    blob = struct.pack("<Q", len(header)) + header + bytes(160)
+    (path / "adapter_model.safetensors").write_bytes(blob)
+    _edit_json(path, lambda d: d.update(weights_sha256=hashlib.sha256(blob).hexdigest()))
+    with pytest.raises(ValueError, match=r"safetensors: tensor '0\.lora_B' overlaps"):
+        load_adapter(_small_model(), path)
+
+
 def test_load_rejects_bad_files(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     with pytest.raises(TypeError, match=r"load_adapter: model must be an nn\.Module"):

@@ -80,6 +80,16 @@ def test_import_refuses_missing_lora_b(tmp_path: Path) -> None:
     assert not adapted_modules(fresh)  # nothing half-imported
 
 
+def test_import_refuses_a_truncated_weights_file(tmp_path: Path) -> None:
+    small_export(tmp_path)
+    weights = tmp_path / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:-5])
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="the file is truncated or its header is corrupt"):
+        import_peft(fresh, tmp_path)
+    assert not adapted_modules(fresh)
+
+
 def test_import_refuses_unexpected_tensor(tmp_path: Path) -> None:
     small_export(tmp_path)
     tensors = load_file(str(tmp_path / WEIGHTS_NAME))
