@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lorax_core import _core
-from lorax_core._validation import Instance, Integer, check, check_options
+from lorax_core._validation import Instance, Integer, Options, check, validate_params
 from lorax_core.adapters.layer import INIT_BUFFERS, AdapterLinear
 
 __all__ = [
@@ -112,6 +112,7 @@ def nlora(W: torch.Tensor | np.ndarray, r: int) -> tuple[torch.Tensor, torch.Ten
     return W[:, :r].clone(), W[:r, :r].clone(), W[:r, :].clone()
 
 
+@validate_params(oversample=Integer(low=0), power_iters=Integer(low=0), seed=_SEED)
 def nystrom(
     W: torch.Tensor | np.ndarray,
     r: int,
@@ -142,9 +143,6 @@ def nystrom(
     """
     W = _as_weight("nystrom", W)
     r = _check_rank("nystrom", r, W)
-    oversample = check("nystrom", "oversample", oversample, Integer(low=0))
-    power_iters = check("nystrom", "power_iters", power_iters, Integer(low=0))
-    seed = check("nystrom", "seed", seed, _SEED)
     _check_finite("nystrom", W)
     host = W.detach()
     if host.device.type != "cpu" or host.dtype not in (torch.float32, torch.float64):
@@ -158,6 +156,7 @@ def nystrom(
     )
 
 
+@validate_params(svd=Options(("full", "randomized")), niter=Integer(low=0), seed=_SEED)
 def pissa(
     W: torch.Tensor | np.ndarray,
     r: int,
@@ -182,9 +181,6 @@ def pissa(
     """
     W = _as_weight("pissa", W)
     r = _check_rank("pissa", r, W)
-    niter = check("pissa", "niter", niter, Integer(low=0))
-    seed = check("pissa", "seed", seed, _SEED)
-    check_options("pissa", "svd", svd, ("full", "randomized"))
     _check_finite("pissa", W)
     work = W.detach()
     if work.dtype != torch.float64:
@@ -210,6 +206,7 @@ def _factor(layer: nn.Module, name: str) -> torch.Tensor | None:
 
 
 @torch.no_grad()
+@validate_params(init_name=Options(INIT_METHODS), seed=_SEED)
 def initialize(layer: nn.Module, init_name: str, *, seed: int = 0, **init_options: Any) -> None:
     """Initialises an adapter layer's factors from its frozen weight, in place.
 
@@ -240,7 +237,6 @@ def initialize(layer: nn.Module, init_name: str, *, seed: int = 0, **init_option
             ``power_iters``) or :func:`pissa` (``svd``, ``niter``).
     """
     function = "initialize"
-    check_options(function, "init_name", init_name, INIT_METHODS)
     A_param, B_param = _factor(layer, "lora_A"), _factor(layer, "lora_B")
     if not isinstance(layer, AdapterLinear) or A_param is None or B_param is None:
         raise TypeError(
@@ -293,6 +289,9 @@ def initialize(layer: nn.Module, init_name: str, *, seed: int = 0, **init_option
             layer.register_buffer(name, value.detach().clone(), persistent=True)
 
 
+@validate_params(
+    model=Instance(nn.Module, "an nn.Module"), init_name=Options(INIT_METHODS), seed=_SEED
+)
 def initialize_model(
     model: nn.Module,
     init_name: str,
@@ -310,7 +309,6 @@ def initialize_model(
     Returns:
         The number of layers initialised.
     """
-    seed = check("initialize_model", "seed", seed, _SEED)
     layers = [
         (name, module)
         for name, module in model.named_modules()
