@@ -37,7 +37,7 @@ from torch import nn
 from lorax_core._atomic import atomic_write_bytes
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import parse_header
-from lorax_core._validation import Instance, check
+from lorax_core._validation import Instance, validate_params
 from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
 from lorax_core.adapters.inject import (
     adapted_modules,
@@ -204,6 +204,7 @@ def _apply_residual(layers: dict[str, AdapterLinear]) -> None:
         layer.base_layer.weight.sub_(product)
 
 
+@validate_params(model=Instance(nn.Module, "an nn.Module"))
 def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Load adapters saved by :func:`save_adapter` into ``model``; returns ``model``.
 
@@ -212,7 +213,6 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     same method, modules and shapes, and only its adapter tensors are replaced. Everything is
     validated before the model is modified.
     """
-    check("load_adapter", "model", model, Instance(nn.Module, "an nn.Module"))
     document, tensors = _read(Path(directory))
     config = AdapterConfig.from_dict(document.get("config") or {})
     existing = adapted_modules(model)

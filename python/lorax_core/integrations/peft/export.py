@@ -42,7 +42,7 @@ from safetensors.torch import save
 from torch import nn
 
 from lorax_core._atomic import atomic_write_bytes
-from lorax_core._validation import Instance, check, check_options
+from lorax_core._validation import Instance, Options, validate_params
 from lorax_core.adapters.inject import adapted_modules
 from lorax_core.adapters.layer import AdapterLinear
 from lorax_core.adapters.registry import form_of
@@ -119,6 +119,7 @@ def _settings(layers: dict[str, AdapterLinear]) -> dict[str, Any]:
     return dict(json.loads(next(iter(by_settings))))
 
 
+@validate_params(model=Instance(nn.Module, "a torch.nn.Module"), mode=Options(MODES))
 def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str = "compact") -> Path:
     """Write ``model``'s lorax_core adapters as a PEFT LoRA/DoRA adapter folder.
 
@@ -139,13 +140,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
         ValueError: unknown ``mode``; the model has no adapters; forms with different PEFT
             settings mixed (DoRA with others: ``use_dora`` applies to every module).
     """
-    function = "export_peft"
-    check(function, "model", model, Instance(nn.Module, "a torch.nn.Module"))
-    check_options(function, "mode", mode, MODES)
     layers = adapted_modules(model)
     if not layers:
         raise ValueError(
-            f"{function}: model must have lorax_core adapters, got none; call inject() first"
+            "export_peft: model must have lorax_core adapters, got none; call inject() first"
         )
     settings = _settings(layers)
     exports = {name: _module_export(layer) for name, layer in sorted(layers.items())}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lorax_core._validation import Instance, check
+from lorax_core._validation import Instance, validate_params
 from lorax_core.adapters.config import AdapterConfig
 from lorax_core.adapters.inject import adapted_modules, build_layers, install_layers
 from lorax_core.adapters.registry import AdapterForm, form_names, get_form
@@ -59,6 +59,7 @@ def _by_module(
     return out
 
 
+@validate_params(model=Instance(nn.Module, "a torch.nn.Module"))
 def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Load a PEFT LoRA/DoRA adapter folder into ``model`` as lorax_core adapters (in place).
 
@@ -82,7 +83,6 @@ def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modul
             has adapters, the adapter does not fit the model (missing modules, wrong shapes),
             missing or unexpected tensors.
     """
-    check("import_peft", "model", model, Instance(nn.Module, "a torch.nn.Module"))
     if adapted_modules(model):
         raise ValueError(
             "import_peft: model must be a plain base model, got one that already has lorax_core "
