@@ -104,13 +104,14 @@ class AdapterConfig:
     train: ``"all"`` or ``"intermediate"`` (IntTune: only ``lora_N`` trains; slora only).
     detach_norm: DoRA: treat the row norm as a constant in backward (the DoRA paper's choice).
     r_max: SVD form capacity (default: the module's rank); must be ≥ every module's rank.
-    The form options (``train``, ``detach_norm``, ``r_max``) must keep their defaults for a
-    method whose form does not take them.
     init_options: keyword arguments for the initialiser (e.g. ``oversample``, ``svd``).
     seed: seed of the adapter initialisation; each module derives its own from it and its name.
     exclude_modules: modules never adapted (same forms as ``target_modules``).
     autocast_adapter_dtype: keep adapter parameters in float32 when the base weight is
         float16/bfloat16 (as PEFT does); otherwise adapters use the base weight's dtype.
+
+    The form options (``train``, ``detach_norm``, ``r_max``: the keyword options of a form's
+    ``build``) must keep their defaults for a method whose form does not take them.
     """
 
     method: str = "lora"
