@@ -1,4 +1,4 @@
-"""The safetensors header reader against the safetensors library, and on every kind of bad header."""
+"""The safetensors header reader against the safetensors library, and on every bad header."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_corrupted_headers_are_rejected_or_read_by_the_library(position, byte, v
 @given(cut=st.integers(0, 10_000))
 def test_truncated_data_is_rejected(cut, valid) -> None:  # type: ignore[no-untyped-def]
     cut %= len(valid)
-    with pytest.raises(ValueError, match="^cut: "):
+    with pytest.raises(ValueError, match=r"^cut: "):
         parse_header(valid[:cut], "cut")
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "is_bool",
     "is_integer",
     "is_real",
+    "rule_text",
     "validate_params",
 ]
 
@@ -267,7 +268,8 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def _rules(constraints: Iterable[Constraint]) -> str:
+def rule_text(constraints: Iterable[Constraint]) -> str:
+    """The rules of ``constraints`` as one phrase: ``"an int >= 1, 'uniform' or None"``."""
     rules = [c.rule for c in constraints]
     return rules[0] if len(rules) == 1 else ", ".join(rules[:-1]) + " or " + rules[-1]
 
@@ -295,7 +297,7 @@ def check(function: str, argument: str, value: Any, *constraints: Constraint) ->
     shown = (
         describe(value) if typed or value is None else f"{describe(value)} ({type(value).__name__})"
     )
-    raise error(f"{function}: {argument} must be {_rules(constraints)}, got {shown}")
+    raise error(f"{function}: {argument} must be {rule_text(constraints)}, got {shown}")
 
 
 def check_bool(function: str, argument: str, value: Any) -> bool:

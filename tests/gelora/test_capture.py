@@ -204,6 +204,8 @@ def test_pool_stored_states() -> None:
         pool_hidden_states(flat, pooling="tokens")
     with pytest.raises(ValueError, match=r"^pool_hidden_states: layers must hold at least one"):
         pool_hidden_states([])
+    with pytest.raises(ValueError, match="at least one example, got 0 rows"):
+        pool_hidden_states([np.zeros((0, 3)), np.zeros((0, 3))])
     with pytest.raises(ValueError, match=r"^pool_hidden_states: chunk_size must be an int >= 1"):
         pool_hidden_states(flat, chunk_size=0)
     # NumPy integers are ints

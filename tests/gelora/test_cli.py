@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import struct
@@ -15,14 +16,13 @@ import skdim
 import torch
 from safetensors.torch import save_file
 
-from lorax_core.datasets import TextSplit
 from lorax_core.gelora import (
     RankPlan,
-    capture_hidden_states,
     load_hidden_states,
+    profile,
     save_hidden_states,
 )
-from lorax_core.gelora.cli import main, read_texts
+from lorax_core.gelora.cli import _parser, main
 
 
 def command() -> list[str]:
@@ -31,38 +31,8 @@ def command() -> list[str]:
 
 
 def rule(dims: list[float], c: float = 1.0) -> list[int]:
-    """SPEC §4 with the default offset and clamps, in numpy."""
+    """The rule of docs/gelora.md with the default offset and clamps, in numpy."""
     return (np.ceil(c * np.maximum(np.diff(dims), 0)) + 1).astype(int).tolist()
-
-
-@pytest.fixture(scope="module")
-def paragraphs(bbc: tuple[TextSplit, TextSplit]) -> list[str]:
-    """Sixty real paragraphs of BBC News (the test split, titles dropped)."""
-    found = [p for t in bbc[1].texts for p in t.split("\n")[1:] if len(p.split()) >= 5]
-    return found[:60]
-
-
-@pytest.fixture(scope="module")
-def hidden_file(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path, paragraphs) -> Path:  # type: ignore[no-untyped-def]
-    from transformers import AutoModel, AutoTokenizer
-
-    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
-    batches = [
-        dict(
-            tokenizer(
-                paragraphs[i : i + 20],
-                padding=True,
-                truncation=True,
-                max_length=32,
-                return_tensors="pt",
-            )
-        )
-        for i in range(0, len(paragraphs), 20)
-    ]
-    path = tmp_path_factory.mktemp("hidden") / "hidden.safetensors"
-    capture_hidden_states(model, batches, n_samples=len(paragraphs), path=path)
-    return path
 
 
 def test_checkpoint_and_text_end_to_end(tmp_path: Path, minilm_dir: Path, paragraphs) -> None:  # type: ignore[no-untyped-def]
@@ -179,15 +149,6 @@ def test_budget_from_the_command_line(tmp_path: Path, hidden_file: Path, capsys)
     assert "uniform r=4" in capsys.readouterr().out
 
 
-def test_read_texts(tmp_path: Path) -> None:
-    lines = tmp_path / "a.txt"
-    lines.write_text("first text\n\n  second text  \n")
-    assert read_texts(lines) == ["first text", "second text"]
-    jsonl = tmp_path / "a.jsonl"
-    jsonl.write_text('{"text": "one", "label": 1}\n\n{"text": " two "}\n')
-    assert read_texts(jsonl) == ["one", "two"]
-
-
 def bad_inputs(tmp: Path, hidden_file: Path, minilm_dir: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments, expected part of the error line)."""
     valid = hidden_file.read_bytes()
@@ -216,16 +177,22 @@ def bad_inputs(tmp: Path, hidden_file: Path, minilm_dir: Path) -> dict[str, tupl
         "bad jsonl": ([checkpoint, "--data", str(tmp / "bad.jsonl")], "line 2"),
         "too many": (
             [checkpoint, "--data", str(tmp / "few.txt"), "--n-samples", "3"],
-            "larger than the data, which holds 2 texts",
+            "--n-samples 3 is larger than the data, which holds 2 texts",
         ),
         "too many rows": ([str(hidden_file), "--n-samples", "61"], "holds only 60 examples"),
-        "no data": ([checkpoint], "give --data"),
-        "data for states": ([str(hidden_file), "--data", str(tmp / "few.txt")], "only for"),
+        "no data": ([checkpoint], "--data must be given to run the model checkpoint"),
+        "data for states": (
+            [str(hidden_file), "--data", str(tmp / "few.txt")],
+            "--data must not be given with a hidden-states file",
+        ),
         "demo and path": ([str(hidden_file), "--demo"], "--demo takes no PATH"),
         "nothing": ([], "give a PATH"),
         "bad budget": ([str(hidden_file), "--budget", "lots"], "argument --budget"),
         "bad option": ([str(hidden_file), "--pooling", "max"], "argument --pooling"),
-        "bad count": ([str(hidden_file), "--n-samples", "0"], "--n-samples must be >= 1"),
+        "bad count": (
+            [str(hidden_file), "--n-samples", "0"],
+            "argument --n-samples: must be an int >= 1, got '0'",
+        ),
         "bad targets": ([str(hidden_file), "--targets", "qkv"], "match no linear module"),
     }
 
@@ -253,3 +220,99 @@ def test_bad_input_from_the_installed_command(tmp_path: Path, hidden_file: Path)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith(f"lorax-profile: error: {path}: ")
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit status and the one error line of ``main(args)`` (argparse's own checks included)."""
+    try:
+        code = main(args)
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    error = lines[-1] if lines else ""
+    if code:  # one error line, after any progress bars of the work that had begun
+        assert captured.out == "" and error.startswith("lorax-profile: error: "), captured.err
+        assert all(not line.startswith("lorax-profile") for line in lines[:-1]), captured.err
+    return code, error
+
+
+def test_robust_to_degenerate_and_hostile_files(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    grid = np.stack(np.meshgrid(np.arange(12.0), np.arange(12.0)), -1).reshape(-1, 2)
+    lattice = save_hidden_states(tmp_path / "lattice.safetensors", [grid, grid * 2])
+    code, error = run_main([str(lattice), "--bootstrap", "0"], capsys)
+    assert code == 2 and "h_0: cannot estimate the intrinsic dimension" in error
+    empty = tmp_path / "empty.safetensors"
+    save_file({"hidden.0": torch.zeros(0, 4), "hidden.1": torch.zeros(0, 4)}, str(empty))
+    code, error = run_main([str(empty)], capsys)
+    assert code == 2 and "'hidden.0' is empty" in error
+    deep = tmp_path / "deep.safetensors"
+    header = b"[" * 100_000 + b"]" * 100_000
+    deep.write_bytes(struct.pack("<Q", len(header)) + header)
+    code, error = run_main([str(deep)], capsys)
+    assert code == 2 and "nests too deeply" in error
+
+
+def test_outputs_never_overwrite_inputs(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "hidden.safetensors"
+    copy.write_bytes(hidden_file.read_bytes())
+    before = copy.read_bytes()
+    plan = tmp_path / "p.json"
+    cases = {
+        "out over input": ([str(copy), "--out", str(copy)], "--out"),
+        "plot over input": ([str(copy), "--plot", str(tmp_path / "." / copy.name)], "--plot"),
+        "same file": ([str(copy), "--out", str(plan), "--plot", str(plan)], "same file"),
+        "no directory": ([str(copy), "--out", str(tmp_path / "no" / "p.json")], "does not exist"),
+        "directory": ([str(copy), "--out", str(tmp_path)], "is a directory"),
+    }
+    for name, (args, message) in cases.items():
+        code, error = run_main(args, capsys)
+        assert code == 2 and message in error, (name, error)
+    assert copy.read_bytes() == before and not plan.exists()
+    code, error = run_main([str(copy), "--out", str(copy)], capsys)
+    assert "would overwrite the input" in error
+
+
+def test_option_errors_name_the_option(hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cases = {
+        "--seed": ("-1", "must be an int >= 0, got '-1'"),
+        "--c": ("nan", "must be a finite number >= 0, got 'nan'"),
+        "--alpha-over-r": ("0", "must be a finite number > 0"),
+        "--rank-min": ("1.5", "must be an int >= 1, got '1.5'"),
+        "--bootstrap": ("-2", "must be an int >= 0"),
+        "--budget": ("uniform:0", "must be an int >= 1 or 'uniform:<r>'"),
+    }
+    for option, (value, message) in cases.items():
+        code, error = run_main([str(hidden_file), option, value], capsys)
+        assert code == 2, option
+        assert error.startswith(f"lorax-profile: error: argument {option}: {message}"), error
+    args = [str(hidden_file), "--rank-min", "4", "--rank-max", "2"]
+    code, error = run_main(args, capsys)
+    assert (
+        code == 2 and error == "lorax-profile: error: --rank-max must be an int >= 4 or None, got 2"
+    )
+
+
+def test_missing_matplotlib_is_reported_before_the_work(
+    tmp_path: Path, hidden_file: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    code, error = run_main([str(hidden_file), "--plot", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and "plotting needs matplotlib" in error
+    assert "ID (twonn)" not in error and not (tmp_path / "p.png").exists()
+
+
+def test_help_shows_every_default(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    actions = [a for a in _parser()._actions if a.dest != "help"]
+    assert text.count("(default: ") == len(actions) == 20
+    for action in actions:
+        assert f"(default: {action.default})" in text, action.dest
+    # the command's defaults are the library's
+    defaults = inspect.signature(profile).parameters
+    for name in ("k", "bootstrap", "seed", "c", "offset", "rank_min", "alpha_over_r", "pooling"):
+        assert _parser().get_default(name) == defaults[name].default, name

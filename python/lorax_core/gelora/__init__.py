@@ -1,4 +1,4 @@
-"""GeLoRA: per-layer LoRA ranks from the intrinsic dimension of hidden states (SPEC §4).
+"""GeLoRA: per-layer LoRA ranks from the intrinsic dimension of hidden states (docs/gelora.md).
 
 Hidden states → IDs → plan:
 
@@ -7,12 +7,16 @@ Hidden states → IDs → plan:
 >>> plan = plan_ranks(ids, model, ["query", "value"])
 >>> peft_model = peft.get_peft_model(model, plan.to_peft_config())
 
-The ``lorax-profile`` command (:mod:`lorax_core.gelora.cli`) does all of it from a checkpoint
-or a hidden-states file.
+or all of it in one call, from a checkpoint, a loaded model or a hidden-states file:
+
+>>> plan = profile("checkpoint/", "texts.jsonl", budget="uniform:8").plan
+
+The ``lorax-profile`` command (:mod:`lorax_core.gelora.cli`) is a shell around :func:`profile`.
 """
 
 from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
 from lorax_core.gelora.plan import LayerProfile, ModulePlan, RankPlan, plan_ranks
+from lorax_core.gelora.profiler import ProfileResult, profile
 from lorax_core.gelora.states import HiddenStates, load_hidden_states, save_hidden_states
 
 __all__ = [
@@ -20,10 +24,12 @@ __all__ = [
     "HiddenStates",
     "LayerProfile",
     "ModulePlan",
+    "ProfileResult",
     "RankPlan",
     "capture_hidden_states",
     "load_hidden_states",
     "plan_ranks",
     "pool_hidden_states",
+    "profile",
     "save_hidden_states",
 ]

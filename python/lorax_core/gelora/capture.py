@@ -173,6 +173,8 @@ def pool_hidden_states(
     n_rows = {t.shape[0] for t in tensors}
     if len(n_rows) != 1:
         raise ValueError(f"layers have mismatched sample counts: {sorted(n_rows)}")
+    if 0 in n_rows:
+        raise ValueError("pool_hidden_states: layers must hold at least one example, got 0 rows")
     mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask)).bool()
     if n_samples is None:
         per_token = pooling == "tokens" and tensors[0].ndim == 3

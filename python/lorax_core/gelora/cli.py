@@ -1,6 +1,6 @@
-"""``lorax-profile``: GeLoRA rank plan from a checkpoint and text, or from a hidden-states file.
+"""``lorax-profile``: the command-line shell around :func:`lorax_core.gelora.profile`.
 
-Inputs (SPEC §4):
+Inputs (docs/gelora.md):
 
 - a hidden-states safetensors file (``hidden.<i>``, as written by ``capture_hidden_states``);
 - a checkpoint ``model.safetensors`` (or its folder) with ``config.json`` and the tokenizer
@@ -10,35 +10,39 @@ Inputs (SPEC §4):
   (``pip install "lorax-core[demo]"``).
 
 Prints the per-layer ID table and the plan; ``--out`` writes the plan JSON, ``--plot`` a PNG.
-Exit status 0 on success, 2 with a one-line message on bad input.
+Exit status 0 on success, 2 with a one-line message on bad input (never a traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
-import os
+import inspect
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
-from tqdm import tqdm
-
-from lorax_core._safetensors import read_header
-from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
-from lorax_core.gelora.modules import linear_modules, select_targets
-from lorax_core.gelora.plan import RankPlan, plan_ranks
-from lorax_core.gelora.report import format_modules, format_table, save_plot
-from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
+from lorax_core._validation import Constraint, Integer, Real, check, rule_text
+from lorax_core.gelora.capture import POOLINGS
+from lorax_core.gelora.profiler import (
+    CHECKPOINT_NAME,
+    DEFAULT_N_SAMPLES,
+    ESTIMATORS,
+    ProfileResult,
+    profile,
+    read_texts,
+)
+from lorax_core.gelora.report import format_modules, format_table, require_matplotlib, save_plot
+from lorax_core.gelora.rule import BUDGET_RULES, UNIFORM_PREFIX
 
 __all__ = ["main", "read_texts"]
 
-DEFAULT_N_SAMPLES = 2000
-ESTIMATORS = ("twonn", "mle")
+PROG = "lorax-profile"
+DEMO_DATA = "BBC News paragraphs (train split)"
+# profile()'s defaults are the command's defaults.
+_DEFAULTS = {name: p.default for name, p in inspect.signature(profile).parameters.items()}
+# profile()'s argument names as the command spells them, for its error messages.
+_OPTION_OF = {"source": "PATH", "texts": "--data", "target_modules": "--targets"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,13 +52,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _typed(parse: Callable[[str], Any], *constraints: Constraint) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses the text and checks it against ``constraints``."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(PROG, "value", parse(text), *constraints)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"must be {rule_text(constraints)}, got {text!r}"
+            ) from None
+
+    return convert
+
+
 def _budget(text: str) -> int | str:
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    r = text.removeprefix("uniform:")
-    if text.startswith("uniform:") and r.isdigit() and int(r) > 0:
-        return text
-    raise argparse.ArgumentTypeError(f"expected a positive int or uniform:<r>, got {text!r}")
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 def _targets(text: str) -> str | list[str]:
@@ -67,55 +80,94 @@ def _targets(text: str) -> str | list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    d = _DEFAULTS
     p = _Parser(
-        prog="lorax-profile",
+        prog=PROG,
         description="Per-layer intrinsic dimensions and a GeLoRA LoRA rank plan, offline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "path",
         nargs="?",
         type=Path,
-        help="hidden-states .safetensors, or a model.safetensors (or its folder) "
+        help=f"hidden-states .safetensors, or a {CHECKPOINT_NAME} (or its folder) "
         "with config.json beside it",
     )
     p.add_argument("--data", type=Path, help="text file (one example per line, or JSONL)")
     p.add_argument(
         "--demo", action="store_true", help="profile all-MiniLM-L6-v2 on BBC News paragraphs"
     )
-    p.add_argument("--estimator", choices=ESTIMATORS, default="twonn", help="ID estimator")
-    p.add_argument("--k", type=int, default=20, help="neighbours for --estimator mle")
+    p.add_argument("--estimator", choices=ESTIMATORS, default=d["estimator"], help="ID estimator")
+    p.add_argument(
+        "--k", type=_typed(int, Integer(low=1)), default=d["k"], help="neighbours for mle"
+    )
     p.add_argument(
         "--bootstrap",
-        type=int,
-        default=20,
+        type=_typed(int, Integer(low=0)),
+        default=d["bootstrap"],
         help="bootstrap resamples for the ID intervals (0: none)",
     )
     p.add_argument(
-        "--pooling", choices=POOLINGS, default="mean", help="how token states become rows"
+        "--pooling", choices=POOLINGS, default=d["pooling"], help="how token states become rows"
     )
     p.add_argument(
         "--n-samples",
-        type=int,
-        help=f"examples (tokens for --pooling tokens) to use; default "
-        f"{DEFAULT_N_SAMPLES} or all the data holds, if fewer",
+        type=_typed(int, Integer(low=1)),
+        default=d["n_samples"],
+        help=f"examples (tokens for --pooling tokens) to use; None: {DEFAULT_N_SAMPLES} or "
+        "all the data holds, if fewer",
     )
     p.add_argument(
         "--targets",
         type=_targets,
-        default="all-linear",
+        default=d["target_modules"],
         help="comma-separated module names (suffixes) to adapt, or all-linear",
     )
     p.add_argument(
-        "--budget", type=_budget, help="total LoRA parameters, or uniform:<r>; solves for c"
+        "--budget",
+        type=_typed(_budget, *BUDGET_RULES[:2]),
+        default=d["budget"],
+        help="total LoRA parameters, or uniform:<r>; solves for c",
     )
-    p.add_argument("--c", type=float, default=1.0, help="rank per unit of ID increase")
-    p.add_argument("--offset", type=int, default=1, help="added to every rank")
-    p.add_argument("--rank-min", type=int, default=1)
-    p.add_argument("--rank-max", type=int)
-    p.add_argument("--alpha-over-r", type=float, default=32.0, help="alpha = this × rank")
-    p.add_argument("--seed", type=int, default=0, help="seeds the text sample and bootstrap")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    p.add_argument(
+        "--c", type=_typed(float, Real(low=0)), default=d["c"], help="rank per unit of ID increase"
+    )
+    p.add_argument(
+        "--offset", type=_typed(int, Integer()), default=d["offset"], help="added to every rank"
+    )
+    p.add_argument(
+        "--rank-min", type=_typed(int, Integer(low=1)), default=d["rank_min"], help="lowest rank"
+    )
+    p.add_argument(
+        "--rank-max",
+        type=_typed(int, Integer(low=1)),
+        default=d["rank_max"],
+        help="highest rank (None: unbounded)",
+    )
+    p.add_argument(
+        "--alpha-over-r",
+        type=_typed(float, Real(low=0, closed="neither")),
+        default=d["alpha_over_r"],
+        help="alpha = this × rank",
+    )
+    p.add_argument(
+        "--seed",
+        type=_typed(int, Integer(low=0)),
+        default=d["seed"],
+        help="seeds the text sample and bootstrap",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_typed(int, Integer(low=1)),
+        default=d["batch_size"],
+        help="texts per forward pass",
+    )
+    p.add_argument(
+        "--max-length",
+        type=_typed(int, Integer(low=1)),
+        default=d["max_length"],
+        help="tokens per example",
+    )
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of d_i and r_i here")
     return p
@@ -125,15 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 success, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
-        plan = _run(args)
+        result = _run(args)
     except (ValueError, TypeError, OSError, ImportError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"lorax-profile: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {_message(err)}", file=sys.stderr)
         return 2
+    plan = result.plan
     print(format_table(plan))
     print()
     uniform = isinstance(args.budget, str)  # "uniform:<r>"
-    print(format_modules(plan, int(args.budget.removeprefix("uniform:")) if uniform else 8))
+    print(format_modules(plan, int(args.budget.removeprefix(UNIFORM_PREFIX)) if uniform else 8))
     if args.out is not None:
         print(f"wrote {args.out}")
     if args.plot is not None:
@@ -141,250 +193,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> RankPlan:
-    for name in ("n_samples", "batch_size", "max_length", "k"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    hidden, shapes, model_info, capture_info = _hidden_states(args)
-    ids = _estimate(hidden, args)
-    plan = plan_ranks(
-        ids,
-        shapes,
-        args.targets,
-        c=args.c,
-        offset=args.offset,
-        rank_min=args.rank_min,
-        rank_max=args.rank_max,
-        alpha_over_r=args.alpha_over_r,
-        budget=args.budget,
-    )
-    plan = dataclasses.replace(
-        plan,
-        model=model_info,
-        estimator={"name": args.estimator, "params": _estimator_params(args)},
-        capture=capture_info,
-    )
-    if args.out is not None:
-        plan.to_json(args.out)
+def _message(err: BaseException) -> str:
+    """One line; ``profile: <argument> …`` names the argument as the command spells it."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    head = "profile: "
+    if text.startswith(head):
+        argument, _, rest = text[len(head) :].partition(" ")
+        option = _OPTION_OF.get(argument, "--" + argument.replace("_", "-"))
+        return f"{option} {rest}"
+    return text
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that would overwrite an input or each other, before any heavy work."""
+    inputs = [p for p in (args.path, args.data) if p is not None]
+    if args.path is not None and args.path.is_dir():
+        inputs.append(args.path / CHECKPOINT_NAME)
+    resolved = {p.resolve(): p for p in inputs}
+    outputs = [(flag, p) for flag, p in (("--out", args.out), ("--plot", args.plot)) if p]
+    for flag, out in outputs:
+        if out.resolve() in resolved:
+            raise ValueError(f"{flag} {out} would overwrite the input {resolved[out.resolve()]}")
+        if out.is_dir():
+            raise ValueError(f"{flag} {out} is a directory")
+        if not out.parent.is_dir():
+            raise ValueError(f"{flag} {out}: directory {out.parent} does not exist")
+    if len(outputs) == 2 and args.out.resolve() == args.plot.resolve():
+        raise ValueError(f"--out and --plot name the same file {args.out}")
     if args.plot is not None:
-        save_plot(plan, args.plot)
-    return plan
+        require_matplotlib()
 
 
-def _hidden_states(
-    args: argparse.Namespace,
-) -> tuple[list[np.ndarray], dict[str, tuple[int, int]] | None, dict[str, Any], dict[str, Any]]:
-    """Pooled h_0 … h_L, module shapes (None if unknown), model and capture descriptions."""
+def _run(args: argparse.Namespace) -> ProfileResult:
+    _check_outputs(args)
     if args.demo:
         if args.path is not None or args.data is not None:
             raise ValueError("--demo takes no PATH and no --data")
         from lorax_core.datasets import minilm_path
 
-        return _from_model(minilm_path(), _demo_texts(), "BBC News paragraphs (train split)", args)
-    if args.path is None:
-        raise ValueError("give a PATH (hidden states or model.safetensors) or --demo")
-    path: Path = args.path
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    header = read_header(path)
-    if holds_hidden_states(header):
-        if args.data is not None:
-            raise ValueError(f"{path} holds hidden states; --data is only for model checkpoints")
-        return _from_file(path, args)
-    if not (path.parent / "config.json").is_file():
-        raise ValueError(
-            f"{path}: holds no hidden.<i> tensors and has no config.json beside it, so it is "
-            "neither a hidden-states file nor a model checkpoint"
-        )
-    if path.name != "model.safetensors":
-        raise ValueError(f"{path}: a checkpoint must be named model.safetensors")
-    if args.data is None:
-        raise ValueError(f"{path} is a model checkpoint; give --data FILE with text to run")
-    return _from_model(path.parent, read_texts(args.data), args.data.name, args)
-
-
-def _from_file(
-    path: Path, args: argparse.Namespace
-) -> tuple[list[np.ndarray], dict[str, tuple[int, int]] | None, dict[str, Any], dict[str, Any]]:
-    states = load_hidden_states(path)
-    n_samples = args.n_samples
-    if n_samples is None and args.pooling == "tokens" and states.layers[0].ndim == 3:
-        real = states.attention_mask.sum() if states.attention_mask is not None else None
-        available = int(real) if real is not None else int(np.prod(states.layers[0].shape[:2]))
-        n_samples = min(DEFAULT_N_SAMPLES, available)
-    hidden = pool_hidden_states(
-        states.layers,
-        states.attention_mask,
-        pooling=args.pooling,
-        n_samples=n_samples,
-        seed=args.seed,
-    )
-    shapes = _module_shapes(path, states.metadata.get("modules"))
-    if shapes is not None:
-        select_targets(shapes, args.targets)  # fail before the estimation, not after
-    model_info = {"hidden_states": path.name, "model": states.metadata.get("model")}
-    capture = {k: v for k, v in states.metadata.items() if k != "modules"}
-    capture.update(pooling_in_profile=args.pooling, n_samples=hidden[0].shape[0])
-    return hidden, shapes, model_info, capture
-
-
-def _module_shapes(path: Path, raw: str | None) -> dict[str, tuple[int, int]] | None:
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-        shapes = {str(k): (int(v[0]), int(v[1])) for k, v in doc.items()}
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError, IndexError, KeyError):
-        raise ValueError(f"{path}: metadata 'modules' is not a map of name -> [in, out]") from None
-    return shapes
-
-
-def _from_model(
-    model_dir: Path, texts: list[str], data_name: str, args: argparse.Namespace
-) -> tuple[list[np.ndarray], dict[str, tuple[int, int]], dict[str, Any], dict[str, Any]]:
-    if args.pooling == "tokens":
-        # Every text holds several tokens: n_samples texts are enough to draw n_samples tokens.
-        n_samples = args.n_samples or DEFAULT_N_SAMPLES
-        n_texts = min(n_samples, len(texts))
+        source: Path = minilm_path()
+        texts: Any = _demo_texts()
+        data_name: str | None = DEMO_DATA
+    elif args.path is None:
+        raise ValueError(f"give a PATH (hidden states or {CHECKPOINT_NAME}) or --demo")
     else:
-        if args.n_samples is not None and args.n_samples > len(texts):
-            raise ValueError(
-                f"--n-samples {args.n_samples} is larger than the data, which holds "
-                f"{len(texts)} texts"
-            )
-        n_samples = n_texts = args.n_samples or min(DEFAULT_N_SAMPLES, len(texts))
-    rng = np.random.default_rng(args.seed)
-    chosen = [texts[i] for i in rng.choice(len(texts), n_texts, replace=False)]
-    # Batches of similar length waste little compute on padding; row order does not matter.
-    chosen = sorted(chosen, key=len)
-    model, tokenizer = _load_transformers(model_dir)
-    select_targets(linear_modules(model), args.targets)  # fail before the capture, not after
-    n_batches = -(-len(chosen) // args.batch_size)
-    with tqdm(total=n_batches, desc="capture", unit="batch", file=sys.stderr) as bar:
-        hidden = capture_hidden_states(
-            model,
-            _batches(tokenizer, chosen, args, bar.update),
-            pooling=args.pooling,
-            n_samples=n_samples,
-            seed=args.seed,
-        )
-        bar.update(bar.total - bar.n)  # capture stops as soon as it holds n_samples rows
-    assert isinstance(hidden, list)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    model_info = {
-        "name": config.get("_name_or_path"),
-        "model_type": config.get("model_type"),
-        "class": type(model).__name__,
-        "num_hidden_layers": len(hidden) - 1,
-        "sha256": _sha256(model_dir / "model.safetensors"),
-    }
-    capture = {
-        "data": data_name,
-        "n_texts": len(texts),
-        "pooling": args.pooling,
-        "n_samples": n_samples,
-        "seed": args.seed,
-        "max_length": args.max_length,
-    }
-    return hidden, linear_modules(model), model_info, capture
-
-
-def _load_transformers(model_dir: Path) -> tuple[Any, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        raise ModuleNotFoundError(
-            "profiling a checkpoint needs transformers: pip install 'lorax-core[transformers]'"
-        ) from None
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as err:  # transformers raises many types for a bad folder
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{model_dir}: cannot load the model or tokenizer: {first}") from None
-    return model.eval(), tokenizer
-
-
-def _batches(
-    tokenizer: Any, texts: list[str], args: argparse.Namespace, done: Callable[[int], object]
-) -> Iterator[dict[str, Any]]:
-    """Tokenised batches of ``texts``; calls ``done(1)`` once the consumer has used each."""
-    for start in range(0, len(texts), args.batch_size):
-        encoded = tokenizer(
-            texts[start : start + args.batch_size],
-            padding=True,
-            truncation=True,
-            max_length=args.max_length,
-            return_tensors="pt",
-        )
-        yield dict(encoded)
-        done(1)
-
-
-def _estimator_params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {"bootstrap": args.bootstrap, "random_state": args.seed}
-    if args.estimator == "mle":
-        params["k"] = args.k
-    return params
-
-
-def _estimate(hidden: list[np.ndarray], args: argparse.Namespace) -> list[Any]:
-    from lorax_core.id import estimate_layers
-
-    params = _estimator_params(args)
-    results = []
-    for h in tqdm(hidden, desc=f"ID ({args.estimator})", unit="layer", file=sys.stderr):
-        results.extend(estimate_layers([h], args.estimator, **params))
-    return results
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_texts(path: str | os.PathLike[str]) -> list[str]:
-    """Non-empty texts of a UTF-8 file: one per line, or JSONL objects with a ``text`` field.
-
-    The file is JSONL when its first non-empty line starts with ``{``.
-
-    Raises:
-        ValueError: unreadable or non-UTF-8 file, no text, or a bad JSONL line (by number).
-    """
-    p = Path(path)
-    try:
-        content = p.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ValueError(f"{p}: cannot read text file: {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{p}: is not UTF-8 text") from None
-    lines = [(n, line.strip()) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise ValueError(f"{p}: holds no text")
-    if not lines[0][1].startswith("{"):
-        return [line for _, line in lines]
-    texts = []
-    for n, line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{p}: line {n} is not valid JSON") from None
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{p}: line {n} has no non-empty string field 'text'")
-        texts.append(text.strip())
-    return texts
+        source, texts, data_name = args.path, args.data, None
+    result = profile(
+        source,
+        texts,
+        data_name=data_name,
+        pooling=args.pooling,
+        estimator=args.estimator,
+        k=args.k,
+        bootstrap=args.bootstrap,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        target_modules=args.targets,
+        budget=args.budget,
+        c=args.c,
+        offset=args.offset,
+        rank_min=args.rank_min,
+        rank_max=args.rank_max,
+        alpha_over_r=args.alpha_over_r,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        progress=True,
+    )
+    if args.out is not None:
+        result.plan.to_json(args.out)
+    if args.plot is not None:
+        save_plot(result.plan, args.plot)
+    return result
 
 
 def _demo_texts() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from lorax_core._atomic import atomic_write
 from lorax_core.gelora.plan import RankPlan
 
-__all__ = ["format_modules", "format_table", "save_plot"]
+__all__ = ["format_modules", "format_table", "require_matplotlib", "save_plot"]
 
 _DASH = "-"
 
@@ -81,6 +82,15 @@ def _common_prefix(names: list[str]) -> str:
     return "".join(f"{c}." for c in shared)
 
 
+def require_matplotlib() -> None:
+    """Raise ``ModuleNotFoundError`` now if :func:`save_plot` could not run (no matplotlib)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError(_NO_MATPLOTLIB)
+
+
+_NO_MATPLOTLIB = "plotting needs matplotlib: pip install 'lorax-core[plot]'"
+
+
 def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
     """PNG of d_i (with intervals) and the block ranks r_i per layer, written atomically.
 
@@ -94,9 +104,7 @@ def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
         from matplotlib import pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ModuleNotFoundError(
-            "--plot needs matplotlib: pip install 'lorax-core[plot]'"
-        ) from None
+        raise ModuleNotFoundError(_NO_MATPLOTLIB) from None
     index = [layer.index for layer in plan.layers]
     dims = [layer.dimension for layer in plan.layers]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from lorax_core._validation import Integer, NoneValue, Satisfies, check
 
 __all__ = [
+    "BUDGET_RULES",
     "Budget",
     "block_ranks",
     "budget_parameters",
@@ -43,7 +44,8 @@ def _is_uniform(text: str) -> bool:
     return text.startswith(UNIFORM_PREFIX) and r.isascii() and r.isdigit() and int(r) >= 1
 
 
-_BUDGET = (
+#: The accepted forms of a budget argument.
+BUDGET_RULES = (
     Integer(low=1),
     Satisfies(str, _is_uniform, "'uniform:<r>' with an int r >= 1"),
     NoneValue(),
@@ -52,7 +54,7 @@ _BUDGET = (
 
 def check_budget(function: str, argument: str, budget: object) -> Budget | None:
     """``budget`` if it is a positive int, ``"uniform:<r>"`` (r >= 1) or None; else raise."""
-    return check(function, argument, budget, *_BUDGET)  # type: ignore[no-any-return]
+    return check(function, argument, budget, *BUDGET_RULES)  # type: ignore[no-any-return]
 
 
 def id_increases(dimensions: Sequence[float]) -> list[float]:

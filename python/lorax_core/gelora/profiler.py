@@ -1,0 +1,455 @@
+"""GeLoRA from end to end: hidden states → layer IDs → rank plan, in one call (docs/gelora.md).
+
+:func:`profile` takes any of
+
+- a hidden-states safetensors file (``hidden.<i>``, as written by ``capture_hidden_states``);
+- a checkpoint ``model.safetensors`` (or its folder) with ``config.json`` and the tokenizer
+  beside it, plus texts, run locally with ``transformers`` (never any hub access);
+- a loaded model with its tokenizer, plus texts;
+
+pools the hidden states h_0 … h_L, estimates their intrinsic dimensions d_0 … d_L and applies
+the rank rule. The ``lorax-profile`` command is a thin shell around it.
+
+>>> result = profile("checkpoint/", "texts.jsonl", budget="uniform:8")   # doctest: +SKIP
+>>> result.plan.to_peft_config()                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from lorax_core._safetensors import read_header
+from lorax_core._validation import (
+    Bool,
+    Instance,
+    Integer,
+    NoneValue,
+    Options,
+    Real,
+    Satisfies,
+    check,
+    validate_params,
+)
+from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
+from lorax_core.gelora.modules import ModuleShapes, linear_modules, select_targets
+from lorax_core.gelora.plan import RankPlan, plan_ranks
+from lorax_core.gelora.rule import Budget, check_budget
+from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
+
+__all__ = ["DEFAULT_N_SAMPLES", "ESTIMATORS", "ProfileResult", "profile", "read_texts"]
+
+#: Rows per layer when ``n_samples`` is not given (fewer if the data holds fewer).
+DEFAULT_N_SAMPLES = 2000
+ESTIMATORS = ("twonn", "mle")
+CHECKPOINT_NAME = "model.safetensors"
+
+_PATH = Instance((str, os.PathLike), "a path")
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """What :func:`profile` measured and planned.
+
+    Attributes:
+        plan: the rank plan, with the model, estimator and capture described in it.
+        ids: the ``IDResult`` of h_0 … h_L (``.dimension``, ``.ci``, ``.n_samples``, …).
+    """
+
+    plan: RankPlan
+    ids: list[Any]
+
+
+@dataclass(frozen=True)
+class _Hidden:
+    """Pooled h_0 … h_L (float32 ``[n, D_i]``) and what is known of where they came from."""
+
+    layers: list[np.ndarray]
+    shapes: ModuleShapes | None
+    model: dict[str, Any]
+    capture: dict[str, Any]
+
+
+@validate_params(
+    source=[_PATH, Instance(nn.Module, "a torch.nn.Module")],
+    texts=[
+        _PATH,
+        Satisfies(
+            (list, tuple),
+            lambda items: all(isinstance(t, str) for t in items),
+            "a sequence of strings",
+        ),
+        NoneValue(),
+    ],
+    data_name=[Instance(str), NoneValue()],
+    pooling=Options(POOLINGS),
+    estimator=Options(ESTIMATORS),
+    k=Integer(low=1),
+    bootstrap=Integer(low=0),
+    n_samples=[Integer(low=1), NoneValue()],
+    seed=Integer(low=0),
+    c=Real(low=0),
+    offset=Integer(),
+    rank_min=Integer(low=1),
+    rank_max=[Integer(low=1), NoneValue()],
+    alpha_over_r=Real(low=0, closed="neither"),
+    batch_size=Integer(low=1),
+    max_length=Integer(low=1),
+    progress=Bool(),
+)
+def profile(
+    source: str | os.PathLike[str] | nn.Module,
+    texts: str | os.PathLike[str] | Sequence[str] | None = None,
+    *,
+    tokenizer: Any = None,
+    data_name: str | None = None,
+    pooling: str = "mean",
+    estimator: str = "twonn",
+    k: int = 20,
+    bootstrap: int = 20,
+    n_samples: int | None = None,
+    seed: int = 0,
+    target_modules: str | Sequence[str] | None = "all-linear",
+    budget: Budget | None = None,
+    c: float = 1.0,
+    offset: int = 1,
+    rank_min: int = 1,
+    rank_max: int | None = None,
+    alpha_over_r: float = 32.0,
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = False,
+) -> ProfileResult:
+    """Per-layer intrinsic dimensions and the GeLoRA rank plan of a model or its hidden states.
+
+    Args:
+        source: a hidden-states ``.safetensors`` file; a checkpoint ``model.safetensors`` or
+            its folder (``config.json`` and the tokenizer beside it); or a loaded model
+            (``transformers``-style, with ``tokenizer``).
+        texts: for a model or checkpoint, the texts to run: a sequence of strings, or a UTF-8
+            file of one text per line or JSONL with a ``text`` field (:func:`read_texts`).
+            Must be None for a hidden-states file.
+        tokenizer: for a loaded model, its tokenizer (called as ``tokenizer(batch, padding=True,
+            truncation=True, max_length=…, return_tensors="pt")``).
+        data_name: how the plan's ``capture`` names the texts (default: the file's name, or
+            ``"texts"``).
+        pooling: ``mean`` | ``cls`` | ``last`` | ``tokens`` (see ``capture``).
+        estimator, k, bootstrap: the ID estimator (``twonn`` or ``mle`` with ``k`` neighbours)
+            and its bootstrap resamples for the intervals (0: none).
+        n_samples: rows per layer (tokens for ``pooling="tokens"``); default
+            ``DEFAULT_N_SAMPLES`` or all the data holds, if fewer. Texts are sampled with
+            ``seed``, which also seeds the token subset and the bootstrap.
+        target_modules, budget, c, offset, rank_min, rank_max, alpha_over_r: see
+            :func:`lorax_core.gelora.plan_ranks`.
+        batch_size, max_length: texts per forward pass, tokens per text.
+        progress: show progress bars on stderr.
+
+    Returns:
+        The :class:`ProfileResult`: the plan and the layer IDs.
+
+    Raises:
+        TypeError, ValueError: bad arguments (``profile: <argument> must be …``) or bad input
+            files, each in one line naming the file; a layer whose ID cannot be estimated
+            (``h_<i>: …``).
+        ModuleNotFoundError: ``transformers`` is needed (checkpoints) and not installed.
+    """
+    budget = check_budget("profile", "budget", budget)
+    if rank_max is not None:
+        check("profile", "rank_max", rank_max, Integer(low=rank_min), NoneValue())
+    options = _Options(pooling, n_samples, seed, batch_size, max_length, progress, target_modules)
+    if isinstance(source, nn.Module):
+        if texts is None or tokenizer is None:
+            raise ValueError("profile: texts and tokenizer must be given to run a loaded model")
+        hidden = _from_model(source, tokenizer, _Texts.of(texts, data_name, options), options)
+    else:
+        hidden = _from_path(Path(source), texts, data_name, options)
+    params: dict[str, Any] = {"bootstrap": bootstrap, "random_state": seed}
+    if estimator == "mle":
+        params["k"] = k
+    ids = _estimate(hidden.layers, estimator, params, progress)
+    plan = plan_ranks(
+        ids,
+        hidden.shapes,
+        target_modules,
+        c=c,
+        offset=offset,
+        rank_min=rank_min,
+        rank_max=rank_max,
+        alpha_over_r=alpha_over_r,
+        budget=budget,
+    )
+    plan = dataclasses.replace(
+        plan,
+        model=hidden.model,
+        estimator={"name": estimator, "params": params},
+        capture=hidden.capture,
+    )
+    return ProfileResult(plan, ids)
+
+
+@dataclass(frozen=True)
+class _Options:
+    pooling: str
+    n_samples: int | None
+    seed: int
+    batch_size: int
+    max_length: int
+    progress: bool
+    target_modules: str | Sequence[str] | None
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """The texts to run (sampled, sorted by length), with what the plan records of them."""
+
+    chosen: list[str]
+    n_samples: int
+    n_texts: int
+    name: str
+
+    @classmethod
+    def of(
+        cls,
+        texts: str | os.PathLike[str] | Sequence[str],
+        data_name: str | None,
+        options: _Options,
+    ) -> _Texts:
+        if isinstance(texts, (str, os.PathLike)):
+            every, name = read_texts(texts), data_name or Path(texts).name
+        else:
+            every, name = list(texts), data_name or "texts"
+        if not every:
+            raise ValueError("profile: texts must hold at least one text, got []")
+        if options.pooling == "tokens":
+            # Every text holds several tokens: n_samples texts are enough for n_samples tokens.
+            n_samples = options.n_samples or DEFAULT_N_SAMPLES
+            n_texts = min(n_samples, len(every))
+        else:
+            if options.n_samples is not None and options.n_samples > len(every):
+                raise ValueError(
+                    f"profile: n_samples {options.n_samples} is larger than the data, which "
+                    f"holds {len(every)} texts"
+                )
+            n_samples = n_texts = options.n_samples or min(DEFAULT_N_SAMPLES, len(every))
+        rng = np.random.default_rng(options.seed)
+        chosen = [every[i] for i in rng.choice(len(every), n_texts, replace=False)]
+        # Batches of similar length waste little compute on padding; row order does not matter.
+        return cls(sorted(chosen, key=len), n_samples, len(every), name)
+
+
+def _from_path(
+    path: Path,
+    texts: str | os.PathLike[str] | Sequence[str] | None,
+    data_name: str | None,
+    options: _Options,
+) -> _Hidden:
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if holds_hidden_states(read_header(path)):
+        if texts is not None:
+            raise ValueError(f"profile: texts must not be given with a hidden-states file ({path})")
+        return _from_file(path, options)
+    if not (path.parent / "config.json").is_file():
+        raise ValueError(
+            f"{path}: holds no hidden.<i> tensors and has no config.json beside it, so it is "
+            "neither a hidden-states file nor a model checkpoint"
+        )
+    if path.name != CHECKPOINT_NAME:
+        raise ValueError(f"{path}: a checkpoint must be named {CHECKPOINT_NAME}")
+    if texts is None:
+        raise ValueError(f"profile: texts must be given to run the model checkpoint {path}")
+    chosen = _Texts.of(texts, data_name, options)
+    model, tokenizer = _load_transformers(path.parent)
+    hidden = _from_model(model, tokenizer, chosen, options)
+    hidden.model["sha256"] = _sha256(path)
+    return hidden
+
+
+def _from_file(path: Path, options: _Options) -> _Hidden:
+    states = load_hidden_states(path)
+    n_samples = options.n_samples
+    if n_samples is None and options.pooling == "tokens" and states.layers[0].ndim == 3:
+        mask = states.attention_mask
+        available = (
+            int(mask.sum()) if mask is not None else int(np.prod(states.layers[0].shape[:2]))
+        )
+        n_samples = min(DEFAULT_N_SAMPLES, available)
+    layers = pool_hidden_states(
+        states.layers,
+        states.attention_mask,
+        pooling=options.pooling,
+        n_samples=n_samples,
+        seed=options.seed,
+    )
+    shapes = _module_shapes(path, states.metadata.get("modules"))
+    if shapes is not None:
+        select_targets(shapes, options.target_modules)  # fail before the estimation, not after
+    capture: dict[str, Any] = {k: v for k, v in states.metadata.items() if k != "modules"}
+    capture.update(pooling_in_profile=options.pooling, n_samples=layers[0].shape[0])
+    model_info = {"hidden_states": path.name, "model": states.metadata.get("model")}
+    return _Hidden(layers, shapes, model_info, capture)
+
+
+def _module_shapes(path: Path, raw: str | None) -> dict[str, tuple[int, int]] | None:
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        shapes = {str(k): (int(v[0]), int(v[1])) for k, v in doc.items()}
+    except (
+        json.JSONDecodeError,
+        RecursionError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        IndexError,
+        KeyError,
+    ):
+        raise ValueError(f"{path}: metadata 'modules' is not a map of name -> [in, out]") from None
+    return shapes
+
+
+def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Options) -> _Hidden:
+    shapes = linear_modules(model)
+    select_targets(shapes, options.target_modules)  # fail before the capture, not after
+    n_batches = -(-len(texts.chosen) // options.batch_size)
+    with tqdm(
+        total=n_batches,
+        desc="capture",
+        unit="batch",
+        file=sys.stderr,
+        disable=not options.progress,
+    ) as bar:
+        layers = capture_hidden_states(
+            model,
+            _batches(tokenizer, texts.chosen, options, bar.update),
+            pooling=options.pooling,
+            n_samples=texts.n_samples,
+            seed=options.seed,
+        )
+        bar.update(bar.total - bar.n)  # capture stops as soon as it holds n_samples rows
+    assert isinstance(layers, list)
+    config = getattr(model, "config", None)
+    model_info = {
+        "name": getattr(config, "_name_or_path", None),
+        "model_type": getattr(config, "model_type", None),
+        "class": type(model).__name__,
+        "num_hidden_layers": len(layers) - 1,
+    }
+    capture = {
+        "data": texts.name,
+        "n_texts": texts.n_texts,
+        "pooling": options.pooling,
+        "n_samples": texts.n_samples,
+        "seed": options.seed,
+        "max_length": options.max_length,
+    }
+    return _Hidden(layers, shapes, model_info, capture)
+
+
+def _load_transformers(model_dir: Path) -> tuple[nn.Module, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise ModuleNotFoundError(
+            "profiling a checkpoint needs transformers: pip install 'lorax-core[transformers]'"
+        ) from None
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as err:  # transformers raises many types for a bad folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{model_dir}: cannot load the model or tokenizer: {first}") from None
+    return model.eval(), tokenizer
+
+
+def _batches(
+    tokenizer: Any, texts: list[str], options: _Options, done: Callable[[int], object]
+) -> Iterator[dict[str, Any]]:
+    """Tokenised batches of ``texts``; calls ``done(1)`` once the consumer has used each."""
+    for start in range(0, len(texts), options.batch_size):
+        encoded = tokenizer(
+            texts[start : start + options.batch_size],
+            padding=True,
+            truncation=True,
+            max_length=options.max_length,
+            return_tensors="pt",
+        )
+        yield dict(encoded)
+        done(1)
+
+
+def _estimate(
+    layers: list[np.ndarray], estimator: str, params: dict[str, Any], progress: bool
+) -> list[Any]:
+    """One ``IDResult`` per layer; a failure names the hidden state ``h_<i>``."""
+    from lorax_core.id import estimate_layers
+
+    results = []
+    bar = tqdm(
+        layers, desc=f"ID ({estimator})", unit="layer", file=sys.stderr, disable=not progress
+    )
+    for i, h in enumerate(bar):
+        try:
+            results.extend(estimate_layers([h], estimator, **params))
+        except (ValueError, ArithmeticError) as err:  # e.g. all r2/r1 = 1 on a lattice
+            reason = str(err).removeprefix("layer 0: ")
+            raise ValueError(f"h_{i}: cannot estimate the intrinsic dimension: {reason}") from None
+    return results
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_texts(path: str | os.PathLike[str]) -> list[str]:
+    """Non-empty texts of a UTF-8 file: one per line, or JSONL objects with a ``text`` field.
+
+    The file is JSONL when its first non-empty line starts with ``{``.
+
+    Raises:
+        ValueError: unreadable or non-UTF-8 file, no text, or a bad JSONL line (by number).
+    """
+    p = Path(path)
+    try:
+        content = p.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ValueError(f"{p}: cannot read text file: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: is not UTF-8 text") from None
+    lines = [(n, line.strip()) for n, line in enumerate(content.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{p}: holds no text")
+    if not lines[0][1].startswith("{"):
+        return [line for _, line in lines]
+    texts = []
+    for n, line in lines:
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError(f"{p}: line {n} is not valid JSON") from None
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{p}: line {n} has no non-empty string field 'text'")
+        texts.append(text.strip())
+    return texts
