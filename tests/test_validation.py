@@ -196,6 +196,7 @@ def test_validate_params() -> None:
     assert scale(np.int64(3), np.float32(0.5), flag=np.bool_(True)) == (3, 0.5, True)
     assert [type(v) for v in scale(np.int64(3), np.float32(0.5))] == [int, float, bool]
     assert scale(r=2) == (2, None, False)
+    assert scale.constraints["alpha"] == (Real(0, closed="neither"), NoneValue())  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match=r"^test_validate_params.<locals>.scale: r must be an int"):
         scale(True)
     with pytest.raises(

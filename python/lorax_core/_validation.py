@@ -320,7 +320,9 @@ def validate_params(
             (``"RankPlan.from_dict"`` for a method).
         constraints: argument name -> a constraint, or a sequence of them (any may accept).
             Defaults are checked too. The function receives the canonicalised values
-            (:meth:`Constraint.convert`, e.g. ``np.int64(3)`` as ``3``).
+            (:meth:`Constraint.convert`, e.g. ``np.int64(3)`` as ``3``). The decorated
+            function's ``constraints`` attribute maps each name to its tuple of constraints,
+            for front ends (a command line) that check the same arguments themselves.
 
     Raises:
         TypeError: at decoration, when a constraint names no parameter of the function;
@@ -346,6 +348,7 @@ def validate_params(
                 bound.arguments[arg] = check(shown, arg, bound.arguments[arg], *accepted)
             return func(*bound.args, **bound.kwargs)
 
+        wrapper.constraints = rules  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

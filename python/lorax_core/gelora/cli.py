@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lorax_core._validation import Constraint, Integer, Real, check, rule_text
+from lorax_core._validation import Constraint, NoneValue, check, rule_text
 from lorax_core.gelora.capture import POOLINGS
 from lorax_core.gelora.profiler import (
     CHECKPOINT_NAME,
@@ -79,6 +79,33 @@ def _targets(text: str) -> str | list[str]:
     return names
 
 
+# profile()'s numeric arguments: name, parser of the text, help; checked by profile()'s rules.
+_NUMBERS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("k", int, "neighbours for --estimator mle"),
+    ("bootstrap", int, "bootstrap resamples for the ID intervals (0: none)"),
+    (
+        "n_samples",
+        int,
+        f"examples (tokens for --pooling tokens) to use; None: {DEFAULT_N_SAMPLES} or all the "
+        "data holds, if fewer",
+    ),
+    ("c", float, "rank per unit of ID increase"),
+    ("offset", int, "added to every rank"),
+    ("rank_min", int, "lowest rank"),
+    ("rank_max", int, "highest rank (None: unbounded)"),
+    ("alpha_over_r", float, "alpha = this × rank"),
+    ("seed", int, "seeds the text sample, the token subset and the bootstrap"),
+    ("batch_size", int, "texts per forward pass"),
+    ("max_length", int, "tokens per example"),
+)
+
+
+def _rules(name: str) -> tuple[Constraint, ...]:
+    """profile()'s declared rules for argument ``name``, less None (an option left out)."""
+    declared: tuple[Constraint, ...] = profile.constraints[name]  # type: ignore[attr-defined]
+    return tuple(c for c in declared if not isinstance(c, NoneValue))
+
+
 def _parser() -> argparse.ArgumentParser:
     d = _DEFAULTS
     p = _Parser(
@@ -99,23 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--estimator", choices=ESTIMATORS, default=d["estimator"], help="ID estimator")
     p.add_argument(
-        "--k", type=_typed(int, Integer(low=1)), default=d["k"], help="neighbours for mle"
-    )
-    p.add_argument(
-        "--bootstrap",
-        type=_typed(int, Integer(low=0)),
-        default=d["bootstrap"],
-        help="bootstrap resamples for the ID intervals (0: none)",
-    )
-    p.add_argument(
         "--pooling", choices=POOLINGS, default=d["pooling"], help="how token states become rows"
-    )
-    p.add_argument(
-        "--n-samples",
-        type=_typed(int, Integer(low=1)),
-        default=d["n_samples"],
-        help=f"examples (tokens for --pooling tokens) to use; None: {DEFAULT_N_SAMPLES} or "
-        "all the data holds, if fewer",
     )
     p.add_argument(
         "--targets",
@@ -129,45 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         default=d["budget"],
         help="total LoRA parameters, or uniform:<r>; solves for c",
     )
-    p.add_argument(
-        "--c", type=_typed(float, Real(low=0)), default=d["c"], help="rank per unit of ID increase"
-    )
-    p.add_argument(
-        "--offset", type=_typed(int, Integer()), default=d["offset"], help="added to every rank"
-    )
-    p.add_argument(
-        "--rank-min", type=_typed(int, Integer(low=1)), default=d["rank_min"], help="lowest rank"
-    )
-    p.add_argument(
-        "--rank-max",
-        type=_typed(int, Integer(low=1)),
-        default=d["rank_max"],
-        help="highest rank (None: unbounded)",
-    )
-    p.add_argument(
-        "--alpha-over-r",
-        type=_typed(float, Real(low=0, closed="neither")),
-        default=d["alpha_over_r"],
-        help="alpha = this × rank",
-    )
-    p.add_argument(
-        "--seed",
-        type=_typed(int, Integer(low=0)),
-        default=d["seed"],
-        help="seeds the text sample and bootstrap",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_typed(int, Integer(low=1)),
-        default=d["batch_size"],
-        help="texts per forward pass",
-    )
-    p.add_argument(
-        "--max-length",
-        type=_typed(int, Integer(low=1)),
-        default=d["max_length"],
-        help="tokens per example",
-    )
+    for name, parse, text in _NUMBERS:
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=_typed(parse, *_rules(name)), default=d[name], help=text)
     p.add_argument("--out", type=Path, help="write the plan JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of d_i and r_i here")
     return p

@@ -42,6 +42,8 @@ from lorax_core.gelora.schema import PLAN_FORMAT, PLAN_VERSION
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "LayerProfile", "ModulePlan", "RankPlan", "plan_ranks"]
 
+_MODULE = Instance(nn.Module, "a torch.nn.Module")
+
 
 @dataclass(frozen=True)
 class LayerProfile:
@@ -167,8 +169,7 @@ class RankPlan:
         Raises:
             ValueError: naming the modules the model lacks or whose shapes differ.
         """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check("RankPlan.validate_for", "model", model, _MODULE)
         named = dict(model.named_modules())
         missing = [n for n in self.modules if n not in named]
         if missing:
@@ -250,7 +251,7 @@ _CI = (
         lambda ids: len(ids) >= 2 and not isinstance(ids, str),
         "a sequence of at least two IDs (d_0 and d_1)",
     ),
-    model=[Instance(nn.Module, "a torch.nn.Module"), Instance(Mapping, "a mapping"), NoneValue()],
+    model=[_MODULE, Instance(Mapping, "a mapping"), NoneValue()],
     c=Real(low=0),
     offset=Integer(),
     rank_min=Integer(low=1),
