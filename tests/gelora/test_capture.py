@@ -202,7 +202,8 @@ def test_pool_stored_states() -> None:
         pool_hidden_states(flat, n_samples=6)
     with pytest.raises(ValueError, match="per-token"):
         pool_hidden_states(flat, pooling="tokens")
-    with pytest.raises(ValueError, match=r"^pool_hidden_states: layers must hold at least one"):
+    message = r"^pool_hidden_states: layers must be a non-empty sequence of arrays, got \[\]"
+    with pytest.raises(ValueError, match=message):
         pool_hidden_states([])
     with pytest.raises(ValueError, match="at least one example, got 0 rows"):
         pool_hidden_states([np.zeros((0, 3)), np.zeros((0, 3))])

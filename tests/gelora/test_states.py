@@ -161,7 +161,7 @@ def test_contents_are_checked(tmp_path: Path) -> None:
 def test_write_is_atomic(tmp_path: Path) -> None:
     path = save_hidden_states(tmp_path / "h.safetensors", layers())
     before = path.read_bytes()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^save_hidden_states: layers must be a non-empty"):
         save_hidden_states(path, [])
     with pytest.raises(TypeError):  # a failure while writing leaves the old file intact
         save_hidden_states(path, layers(), metadata={"n": 3})  # type: ignore[dict-item]

@@ -138,7 +138,11 @@ def pool_batch(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tenso
     return h[torch.arange(h.shape[0]), index]
 
 
-@validate_params(**_COMMON, chunk_size=Integer(low=1))
+@validate_params(
+    **_COMMON,
+    layers=Satisfies((list, tuple), lambda v: len(v) > 0, "a non-empty sequence of arrays"),
+    chunk_size=Integer(low=1),
+)
 def pool_hidden_states(
     layers: Sequence[np.ndarray | torch.Tensor],
     attention_mask: np.ndarray | torch.Tensor | None = None,
@@ -167,8 +171,6 @@ def pool_hidden_states(
         ValueError: bad pooling/n_samples, inconsistent shapes, or ``n_samples`` larger than
             the data.
     """
-    if not layers:
-        raise ValueError("pool_hidden_states: layers must hold at least one array, got []")
     tensors = [torch.as_tensor(np.asarray(h)) for h in layers]
     n_rows = {t.shape[0] for t in tensors}
     if len(n_rows) != 1:

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from lorax_core._atomic import atomic_write
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import FLOAT_DTYPES, SafetensorsHeader, TensorInfo, read_header
+from lorax_core._validation import Satisfies, validate_params
 
 __all__ = [
     "HIDDEN_PREFIX",
@@ -65,6 +66,9 @@ class HiddenStates:
         return int(self.layers[0].shape[0])
 
 
+@validate_params(
+    layers=Satisfies((list, tuple), lambda v: len(v) > 0, "a non-empty sequence of arrays")
+)
 def save_hidden_states(
     path: str | os.PathLike[str],
     layers: Sequence[np.ndarray | torch.Tensor],
@@ -76,8 +80,6 @@ def save_hidden_states(
 
     ``metadata`` (strings to strings) is stored beside the format's name and version.
     """
-    if not layers:
-        raise ValueError("save_hidden_states: layers must hold at least one array, got []")
     tensors = {
         f"{HIDDEN_PREFIX}{i}": torch.as_tensor(np.asarray(h), dtype=torch.float32).contiguous()
         for i, h in enumerate(layers)
