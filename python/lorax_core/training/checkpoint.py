@@ -34,7 +34,7 @@ def _split(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         for k in value:
             if not isinstance(k, (str, int)):
                 raise TypeError(f"save_state: state keys must be str or int, got {k!r}")
-        # int keys (optimizer states) survive as {"__int__": [...]} pairs
+        # key/value pairs, so that int keys (optimizer states) come back as ints
         return {"__items__": [[k, _split(v, tensors)] for k, v in value.items()]}
     if isinstance(value, (list, tuple)):
         return [_split(v, tensors) for v in value]

@@ -1,0 +1,92 @@
+"""Two real torch.distributed (gloo) processes, each with half of every global batch, end where
+one process with the whole batches ends: both levels' gradients are averaged, and the ±εv
+perturbation and its restore are identical on every process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from tests.training._tiny import tiny_data, tiny_loss, tiny_model
+
+STEPS, RETRAIN, BATCH = 4, 2, 8
+TIMEOUT = timedelta(seconds=60)  # every collective fails after this instead of hanging
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(world: int) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], list]:
+    from lorax_core.training import BiDoRATrainer
+
+    model = tiny_model(0, torch.float64, random_b=True)
+    trainer = BiDoRATrainer(
+        model,
+        tiny_loss,
+        tiny_data(48, 0, torch.float64),
+        batch_size=BATCH,
+        lr=1e-2,
+        arch_lr=1e-2,
+        head=model.head,
+        retrain_steps=RETRAIN,
+    )
+    epsilons = []
+    upper_step = trainer.upper.upper_step
+
+    def recording(train_batch, val_batch):
+        # the perturbation is the same on every process: ε (from the averaged v) and the
+        # parameters it perturbs, which must also be back to the same values after the restore
+        before = [p.detach().clone() for p in trainer.lower]
+        loss = upper_step(train_batch, val_batch)
+        assert trainer.upper.last is not None
+        epsilons.append(trainer.upper.last.epsilon)
+        assert all(torch.equal(p, b) for p, b in zip(trainer.lower, before, strict=True))
+        return loss
+
+    trainer.upper.upper_step = recording
+    assert len(trainer.split.train) == 38 and trainer.world == world
+    history = trainer.train(STEPS, progress=False)
+    params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return params, history, epsilons
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
+    try:
+        params, history, epsilons = _train(world=2)
+        extra = {
+            "history": torch.tensor(history["train_loss"] + history["val_loss"]),
+            "retrain": torch.tensor(history["retrain_loss"]),
+            "epsilons": torch.tensor(epsilons, dtype=torch.float64),
+        }
+        save_file({**params, **extra}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = load_file(str(tmp_path / "rank0.safetensors"))
+    r1 = load_file(str(tmp_path / "rank1.safetensors"))
+    for key in r0:  # identical on both processes, bit for bit
+        assert torch.equal(r0[key], r1[key]), key
+    params, history, epsilons = _train(world=1)
+    # the same global batches: equal up to the rounding of a two-way average of half-batch means
+    torch.testing.assert_close(r0["epsilons"], torch.tensor(epsilons, dtype=torch.float64))
+    torch.testing.assert_close(
+        r0["history"], torch.tensor(history["train_loss"] + history["val_loss"])
+    )
+    torch.testing.assert_close(r0["retrain"], torch.tensor(history["retrain_loss"]))
+    for name, value in params.items():
+        torch.testing.assert_close(r0[name], value, rtol=1e-9, atol=1e-11)
