@@ -5,9 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from lorax_core import _atomic
 from lorax_core.adapters import (
     AdapterConfig,
     SVDLinear,
@@ -25,6 +23,7 @@ from lorax_core.adapters import (
     save_adapter,
 )
 from lorax_core.adapters import io as adapter_io
+from tests.test_atomic import run_child
 
 
 def _train_a_little(model: nn.Module, seed: int) -> None:
@@ -135,7 +134,7 @@ def test_interrupted_first_save_leaves_nothing_loadable(tmp_path: Path, monkeypa
     def fail(src: str, dst: str) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(adapter_io.os, "replace", fail)
+    monkeypatch.setattr(_atomic, "_exchange", fail)
     with pytest.raises(KeyboardInterrupt):
         save_adapter(_small_adapted(seed=1), tmp_path)
     monkeypatch.undo()
@@ -144,50 +143,45 @@ def test_interrupted_first_save_leaves_nothing_loadable(tmp_path: Path, monkeypa
         load_adapter(_small_model(), tmp_path)
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys
-    import torch
-    from torch import nn
-    from lorax_core.adapters import AdapterConfig, adapted_modules, inject, save_adapter
-    from lorax_core.adapters import io as adapter_io
+KILL_SCRIPT = """
+    import sys
+    from pathlib import Path
+    from lorax_core.adapters import save_adapter
+    from tests.adapters.test_io import _small_adapted
+    from tests.test_atomic import kill_at_every_step
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    inject(model, AdapterConfig("lora", r=2, target_modules=["0", "2"]))
-    with torch.no_grad():
-        for layer in adapted_modules(model).values():
-            layer.lora_B.fill_(float(sys.argv[2]))
-    real_replace, calls = os.replace, []
+    old, new = _small_adapted(seed=1), _small_adapted(seed=2)
 
-    def replace_then_die(src, dst):
-        calls.append(dst)
-        if len(calls) == int(sys.argv[3]):
-            os.kill(os.getpid(), signal.SIGKILL)
-        real_replace(src, dst)
+    def prepare(folder):
+        if sys.argv[2] == "overwrite":
+            save_adapter(old, folder)
 
-    adapter_io.os.replace = replace_then_die
-    save_adapter(model, sys.argv[1])
-    """
-)
+    print(kill_at_every_step(Path(sys.argv[1]), prepare, lambda f: save_adapter(new, f)))
+"""
 
 
-def _save_in_child(directory: Path, value: float, die_at_replace: int) -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(directory), str(value), str(die_at_replace)],
-        capture_output=True,
-        timeout=300,
-    )
-    return proc.returncode
+def _equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_killed_save_is_never_loadable(tmp_path: Path) -> None:
-    """A process killed (SIGKILL, no clean-up) between the two renames of an overwrite."""
-    save_adapter(_small_adapted(seed=1), tmp_path)  # a complete save
-    assert _save_in_child(tmp_path, 0.25, die_at_replace=2) == -9  # dies before the JSON rename
-    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # no clean-up happened
-    with pytest.raises(ValueError, match="checksum differs"):
-        load_adapter(_small_model(), tmp_path)
+@pytest.mark.parametrize("case", ["overwrite", "first"])
+def test_save_killed_at_every_step_loads_old_or_new(tmp_path: Path, case: str) -> None:
+    """SIGKILL (no clean-up) before each file-system step of a save: the folder always loads
+    as exactly the previous adapter or exactly the new one (absent, for a first save)."""
+    steps = int(run_child(KILL_SCRIPT, str(tmp_path), case))
+    old, new = _adapter_state(_small_adapted(seed=1)), _adapter_state(_small_adapted(seed=2))
+    seen = []
+    for k in range(1, steps + 1):
+        folder = tmp_path / str(k)
+        if case == "first" and not folder.exists():
+            seen.append("none")
+            continue
+        state = _adapter_state(load_adapter(_small_model(), folder))
+        assert _equal_states(state, old) or _equal_states(state, new), k
+        seen.append("new" if _equal_states(state, new) else "old")
+    assert seen[0] == ("old" if case == "overwrite" else "none") and seen[-1] == "new"
+    assert set(seen[seen.index("new") :]) == {"new"}  # a single switch from old to new
+    assert steps > 5
 
 
 def _saved(tmp_path: Path) -> Path:

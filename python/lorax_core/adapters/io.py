@@ -10,9 +10,10 @@ Files in the adapter directory:
   fields, e.g. the SVD form's ``active_rank`` / ``capacity``), and the SHA-256 of the weights
   file. Every registered form is saved and loaded the same way (docs/adapters.md).
 
-Each file is written to a temporary name in the same directory, fsynced and renamed over the
-target, weights first. A save killed at any point leaves either the previous pair or a weights
-file whose checksum the JSON does not match, and ``load_adapter`` refuses that.
+Both files are written together with :func:`lorax_core._atomic.atomic_folder`: into a fresh
+sibling folder, flushed to disk, then swapped in with one atomic rename. A save killed at any
+point leaves the directory with the previous complete save or the new one, both loadable; the
+checksum in the JSON still guards against files put together by hand.
 
 Residual inits (nystrom, pissa): the saved init factors let ``load_adapter`` rebuild the
 residual base weight. Loading into a model without adapters applies
@@ -34,7 +35,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from lorax_core._atomic import atomic_write_bytes
+from lorax_core._atomic import atomic_folder
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import parse_header
 from lorax_core._validation import Instance, validate_params
@@ -96,9 +97,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         raise TypeError(
             f"save_adapter: config must be JSON-serialisable (check init_options), got {err}"
         ) from err
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path / WEIGHTS_NAME, weights)
-    atomic_write_bytes(path / CONFIG_NAME, text.encode())
+    atomic_folder(path, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode()})
     return path
 
 

@@ -42,6 +42,7 @@ from tests.integrations.peft.helpers import (
     svd_layers,
     svd_ranks,
 )
+from tests.test_atomic import run_child
 
 # Every form in both modes; the residual inits in compact mode (the universal rewrite does not
 # depend on the form, and the property test below covers residual inits in both modes).
@@ -217,3 +218,61 @@ def test_export_rejects_dora_mixed_with_lora(tmp_path: Path) -> None:
     model[1] = LoraLinear(second, r=2, alpha=4)
     with pytest.raises(ValueError, match="mixes adapter forms with different PEFT settings"):
         export_peft(model, tmp_path)
+
+
+# -- crashes ------------------------------------------------------------------------------------
+
+KILL_SCRIPT = """
+    import sys
+    from pathlib import Path
+    from lorax_core.integrations.peft import export_peft
+    from tests.integrations.peft.test_export import crash_models
+    from tests.test_atomic import kill_at_every_step
+
+    old, new = crash_models()
+    runs = Path(sys.argv[1])
+    print(kill_at_every_step(runs, lambda f: export_peft(old, f), lambda f: export_peft(new, f)))
+"""
+
+
+def crash_models() -> tuple[nn.Module, nn.Module]:
+    """Two small adapted models with different adapter values (the old and the new export)."""
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        inject(model, AdapterConfig(method="lora", r=2, alpha=4, target_modules=["0", "1"]))
+        randomize(model, seed)
+        models.append(model)
+    return models[0], models[1]
+
+
+def _folder_content(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    return json.loads((folder / CONFIG_NAME).read_text()), load_file(folder / WEIGHTS_NAME)
+
+
+def test_export_killed_at_every_step_holds_the_old_or_the_new_folder(tmp_path: Path) -> None:
+    """SIGKILL before each file-system step of an export over a previous one: the folder
+    always holds exactly the previous export or exactly the new one, and imports."""
+    steps = int(run_child(KILL_SCRIPT, str(tmp_path / "runs")))
+    old, new = crash_models()
+    references = [
+        export_peft(model, tmp_path / name) for model, name in ((old, "old"), (new, "new"))
+    ]
+    expected = [_folder_content(ref) for ref in references]
+    seen = []
+    for k in range(1, steps + 1):
+        folder = tmp_path / "runs" / str(k)
+        config, tensors = _folder_content(folder)
+        matches = [
+            config == c
+            and t.keys() == tensors.keys()
+            and all(torch.equal(t[n], tensors[n]) for n in t)
+            for c, t in expected
+        ]
+        assert any(matches), k
+        seen.append(matches.index(True))
+        torch.manual_seed(0)
+        import_peft(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), folder)
+    assert seen[0] == 0 and seen[-1] == 1 and set(seen[seen.index(1) :]) == {1}

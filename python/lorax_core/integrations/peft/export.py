@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from lorax_core._atomic import atomic_write_bytes
+from lorax_core._atomic import atomic_folder
 from lorax_core._validation import Instance, Options, validate_params
 from lorax_core.adapters.inject import adapted_modules
 from lorax_core.adapters.layer import AdapterLinear
@@ -128,7 +128,8 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
 
     Args:
         model: a model with adapters injected by :func:`lorax_core.adapters.inject`.
-        directory: output folder (created if missing); both files are written atomically.
+        directory: output folder (created if missing); both files replace the previous ones
+            together, atomically (a crash leaves the old pair or the new one).
         mode: ``"compact"`` (per-module ranks via rank/alpha patterns) or ``"universal"``
             (one padded rank, scales folded into B, no patterns).
 
@@ -207,8 +208,9 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
         "lorax_core.modules": json.dumps(described, sort_keys=True),
     }
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata=metadata))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export_peft: directory must be a directory, got file {str(out)!r}")
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(out / CONFIG_NAME, text.encode("utf-8"))
+    weights = save(tensors, metadata=metadata)
+    atomic_folder(out, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode("utf-8")})
     return out
