@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lorax_core._validation import (
+    Constraint,
     Instance,
     Integer,
     NoneValue,
@@ -46,7 +47,7 @@ POOLINGS: tuple[str, ...] = get_args(Pooling)
 Batch = Mapping[str, Any] | torch.Tensor | Sequence[Any]
 
 
-_COMMON = {
+_COMMON: dict[str, Constraint | tuple[Constraint, ...]] = {
     "pooling": Options(POOLINGS),
     "n_samples": (Integer(low=1), NoneValue()),
     "seed": Integer(low=0),
