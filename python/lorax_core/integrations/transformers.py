@@ -121,7 +121,7 @@ class _BiDoRACheckpoints(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero:
             return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folder = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
         if os.path.isdir(folder):
             save_state(os.path.join(folder, BIDORA_STATE_NAME), self.trainer.bidora_state_dict())
 

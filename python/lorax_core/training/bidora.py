@@ -245,11 +245,10 @@ def hypergradient(
         with torch.no_grad():
             for p, b in zip(lower, backup, strict=True):
                 p.copy_(b)
-    g_plus = _zeros_for_none(g_plus, upper)
-    g_minus = _zeros_for_none(g_minus, upper)
+    plus = _zeros_for_none(g_plus, upper)
+    minus = _zeros_for_none(g_minus, upper)
     combined = [
-        gi + (scale / (2.0 * eps)) * (gm - gp)
-        for gi, gp, gm in zip(g, g_plus, g_minus, strict=True)
+        gi + (scale / (2.0 * eps)) * (gm - gp) for gi, gp, gm in zip(g, plus, minus, strict=True)
     ]
     reduced = all_reduce_mean([*combined, val_loss.detach().reshape(1)])
     return Hypergradient(reduced[:-1], reduced[-1].reshape(()), eps)
