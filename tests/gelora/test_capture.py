@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorax_core.datasets import TextSplit
@@ -191,11 +191,14 @@ def test_pool_stored_states() -> None:
     tokens = [rng.standard_normal((5, 4, 3)).astype(np.float32) for _ in range(2)]
     mask = np.array([[1, 1, 0, 0]] * 5)
     pooled = pool_hidden_states(tokens, mask, n_samples=3)
-    np.testing.assert_allclose(pooled[1], tokens[1][:3, :2].mean(axis=1), rtol=1e-6)
+    rows = [np.flatnonzero((tokens[1][:, :2].mean(axis=1) == r).all(axis=1)) for r in pooled[1]]
+    chosen = np.concatenate(rows)
+    assert len(chosen) == 3 and (np.diff(chosen) > 0).all()  # distinct examples, in file order
+    np.testing.assert_allclose(pooled[0], tokens[0][chosen, :2].mean(axis=1), rtol=1e-6)
     every = pool_hidden_states(tokens, mask, pooling="tokens", seed=0)
     assert every[0].shape == (10, 3)  # all real tokens
     flat = [rng.standard_normal((5, 3)).astype(np.float32) for _ in range(2)]
-    np.testing.assert_array_equal(pool_hidden_states(flat, n_samples=2)[0], flat[0][:2])
+    np.testing.assert_array_equal(pool_hidden_states(flat)[1], flat[1])  # all, in order
     with pytest.raises(ValueError, match="mismatched sample counts"):
         pool_hidden_states([flat[0], flat[1][:4]])
     with pytest.raises(ValueError, match="larger than the data"):
@@ -211,3 +214,20 @@ def test_pool_stored_states() -> None:
         pool_hidden_states(flat, chunk_size=0)
     # NumPy integers are ints
     assert pool_hidden_states(flat, n_samples=np.int64(2), seed=np.uint8(1))[0].shape == (2, 3)
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_samples=st.integers(1, 39))
+@settings(max_examples=60, deadline=None)
+def test_pooled_subset_is_seeded(seed: int, n_samples: int) -> None:
+    """A subset of pooled rows is drawn by the seed, the same rows from every layer."""
+    rng = np.random.default_rng(1)
+    flat = [rng.standard_normal((40, d)).astype(np.float32) for d in (3, 5)]
+    got = pool_hidden_states(flat, n_samples=n_samples, seed=seed, chunk_size=7)
+    index = [int(np.flatnonzero((flat[0] == r).all(axis=1))[0]) for r in got[0]]
+    assert len(set(index)) == n_samples and index == sorted(index)
+    np.testing.assert_array_equal(got[1], flat[1][index])
+    again = pool_hidden_states(flat, n_samples=n_samples, seed=seed)
+    np.testing.assert_array_equal(again[0], got[0])
+    if 3 <= n_samples <= 37:  # >= C(40, 3) subsets: two seeds almost never pick the same one
+        others = [pool_hidden_states(flat, n_samples=n_samples, seed=seed + s)[0] for s in (1, 2)]
+        assert any(o.shape != got[0].shape or (o != got[0]).any() for o in others)

@@ -161,8 +161,9 @@ def pool_hidden_states(
         pooling: see the module docstring; ignored for ``[n, D]`` inputs (except ``tokens``,
             which needs per-token states).
         n_samples: rows wanted; None takes every example (every real token for ``tokens``).
-            Example poolings keep the first ``n_samples`` examples.
-        seed: seeds the token subset of ``tokens``.
+            Example poolings keep a uniformly random subset of ``n_samples`` examples, drawn
+            with ``seed`` and kept in file order.
+        seed: seeds the example subset, or the token subset of ``tokens``.
         chunk_size: examples pooled at a time.
 
     Returns:
@@ -185,9 +186,16 @@ def pool_hidden_states(
             n_samples = tensors[0].shape[0]
         else:
             n_samples = int(mask.sum()) if mask is not None else int(np.prod(tensors[0].shape[:2]))
+    n = tensors[0].shape[0]
+    rows: torch.Tensor | None = None  # the examples to pool, in file order; None: all
+    if pooling != "tokens" and n_samples < n:
+        rng = np.random.default_rng(seed)
+        rows = torch.from_numpy(np.sort(rng.choice(n, n_samples, replace=False)))
     collector = _Collector(pooling, n_samples, seed)
-    for start in range(0, tensors[0].shape[0], chunk_size):
-        part = slice(start, start + chunk_size)
+    for start in range(0, n if rows is None else n_samples, chunk_size):
+        part: slice | torch.Tensor = slice(start, start + chunk_size)
+        if rows is not None:
+            part = rows[part]
         collector.add([t[part] for t in tensors], None if mask is None else mask[part])
         if collector.full:
             break
