@@ -74,15 +74,15 @@ def test_validate_for_names_missing_modules(tmp_path: Path, minilm: torch.nn.Mod
     plan = profile_plan(minilm)
     plan.validate_for(minilm)
     doc = plan.to_dict()
-    doc["modules"]["encoder.layer.9.attention.self.query"] = doc["modules"].pop(
+    doc["modules"]["encoder.layer.0.attention.self.qkv"] = doc["modules"].pop(
         "encoder.layer.0.attention.self.query"
     )
     (tmp_path / "plan.json").write_text(json.dumps(doc))
     foreign = RankPlan.from_json(tmp_path / "plan.json")
-    with pytest.raises(ValueError, match=r"lacks: encoder\.layer\.9\.attention\.self\.query"):
+    with pytest.raises(ValueError, match=r"lacks: encoder\.layer\.0\.attention\.self\.qkv"):
         foreign.validate_for(minilm)
     doc["modules"]["encoder.layer.0.attention.self.query"] = doc["modules"].pop(
-        "encoder.layer.9.attention.self.query"
+        "encoder.layer.0.attention.self.qkv"
     )
     doc["modules"]["encoder.layer.1.intermediate.dense"]["in_features"] = 100
     doc["num_parameters"] = sum(

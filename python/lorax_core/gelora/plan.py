@@ -8,6 +8,7 @@ the IDs d_0 … d_L of a model's hidden states and the model's linear modules; t
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -238,8 +239,10 @@ _ID_RESULT = Satisfies((), lambda item: False, "an IDResult")
 _CI = (
     Satisfies(
         (tuple, list),
-        lambda ci: len(ci) == 2 and all(is_real(v) for v in ci),
-        "a pair of numbers",
+        lambda ci: (
+            len(ci) == 2 and all(is_real(v) and math.isfinite(v) for v in ci) and ci[0] <= ci[1]
+        ),
+        "a pair of finite numbers (lo, hi) with lo <= hi",
     ),
     NoneValue(),
 )

@@ -17,6 +17,7 @@ got <value>`` (a ``ValueError``), ``<where>`` being the file or ``"plan"``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -25,7 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from lorax_core._atomic import atomic_write
 from lorax_core._format import DocumentFormat
-from lorax_core._validation import Constraint, Instance, Integer, NoneValue, Real, check
+from lorax_core._validation import (
+    Constraint,
+    Instance,
+    Integer,
+    NoneValue,
+    Real,
+    Satisfies,
+    check,
+    describe,
+)
+from lorax_core.gelora.modules import block_of
+from lorax_core.gelora.rule import block_ranks, id_increases
 
 if TYPE_CHECKING:
     from lorax_core.gelora.plan import RankPlan
@@ -77,23 +89,50 @@ def plan_to_dict(plan: RankPlan) -> dict[str, Any]:
 
 
 def write_plan(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
-    """Write ``plan`` as JSON atomically; returns the path."""
-    text = json.dumps(plan_to_dict(plan), indent=2) + "\n"
+    """Write ``plan`` as JSON atomically; returns the path.
+
+    The document is checked as :func:`read_plan` checks it before anything is written, so every
+    written plan reads back equal.
+
+    Raises:
+        ValueError: ``<path>: …`` naming the first field that contradicts the plan's own rule.
+    """
+    checked = plan_from_dict(plan_to_dict(plan), str(path))  # plain ints and floats too
+    text = json.dumps(plan_to_dict(checked), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+class _DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKeyError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
 
 
 def read_plan(path: str | os.PathLike[str]) -> RankPlan:
     """Read and validate a plan written by :func:`write_plan`.
+
+    No JSON object may name a key twice (two modules of one name); ``NaN``/``Infinity`` are
+    read so that the field holding one is named.
 
     Raises:
         ValueError: ``<path>: …`` when the file is unreadable, not JSON, or not a valid plan.
     """
     p = Path(path)
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{p}: cannot read plan: {err}") from None
     except json.JSONDecodeError as err:
+        raise ValueError(f"{p}: plan is not valid JSON: {err}") from None
+    except _DuplicateKeyError as err:
         raise ValueError(f"{p}: plan is not valid JSON: {err}") from None
     except RecursionError:
         raise ValueError(f"{p}: plan is not valid JSON: nested too deeply") from None
@@ -115,70 +154,158 @@ def _get(doc: Mapping[str, Any], key: str, where: str, path: str, *constraints: 
     return _check(where, f"{path}{key}", doc[key], *constraints)
 
 
+def _fault(where: str, field: str, rule: str, value: Any) -> ValueError:
+    return ValueError(f"{where}: {field} must be {rule}, got {describe(value)}")
+
+
+def _only(where: str, field: str, doc: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse fields a version-1 document does not have (they would be lost on writing)."""
+    unknown = [k for k in doc if k not in keys]
+    if unknown:
+        raise _fault(where, field, "an object of " + ", ".join(keys), f"field {unknown[0]!r}")
+
+
+def _json_value(value: Any) -> bool:
+    """Whether ``value`` is plain JSON (str keys, finite numbers) that reads back equal."""
+    try:
+        return bool(json.loads(json.dumps(value, allow_nan=False)) == value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
+_FREE_FORM = Satisfies(dict, _json_value, "a JSON object")
+_LAYER_FIELDS = ("index", "dimension", "ci", "rank", "alpha")
+_MODULE_FIELDS = ("block", "rank", "alpha", "in_features", "out_features")
+_RULE_FIELDS = ("c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget")
+_CI = Instance(list, "null or two numbers [lo, hi] with lo <= hi")
+
+
+def _same_alpha(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+
+
 def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     """Build a plan from :func:`plan_to_dict`'s document, validating every field.
+
+    Beyond each field's type and range, the plan must agree with itself: ``rank_min <=
+    rank_max``; each block's rank is the rule's for its layer IDs and its alpha is
+    ``alpha_over_r · rank``; each module lies in the block its name says, with its block's rank
+    and alpha; ``num_parameters`` is the modules' sum and does not exceed ``budget``.
 
     Args:
         doc: the parsed JSON document.
         where: what to call the document in errors (a path, or ``"plan"``).
 
     Raises:
-        ValueError: wrong format or version, a missing or mistyped field, or inconsistent
-            values (layer indices, blocks, parameter count).
+        ValueError: ``<where>: <field> must be <rule>, got <value>`` for the first fault
+            (wrong format or version, a missing, unknown or mistyped field, inconsistent values).
     """
     from lorax_core.gelora.plan import LayerProfile, ModulePlan, RankPlan
 
     PLAN_DOCUMENT.check(doc, where, required=_FIELDS)
+    _only(where, "the plan", doc, (*PLAN_DOCUMENT.fields(), *_FIELDS))
     rule = _get(doc, "rule", where, "", _OBJECT)
+    _only(where, "rule", rule, _RULE_FIELDS)
+    c = _get(rule, "c", where, "rule.", Real(low=0))
+    offset = _get(rule, "offset", where, "rule.", Integer())
+    rank_min = _get(rule, "rank_min", where, "rule.", _POSITIVE_INT)
+    rank_max = _get(rule, "rank_max", where, "rule.", Integer(low=rank_min), NoneValue())
+    alpha_over_r = _get(rule, "alpha_over_r", where, "rule.", _POSITIVE)
+    budget = _get(rule, "budget", where, "rule.", _POSITIVE_INT, NoneValue())
+
     layers_doc = _get(doc, "layers", where, "", Instance(list, "a list"))
-    layers: list[LayerProfile] = []
+    if len(layers_doc) < 2:
+        raise _fault(where, "layers", "a list of at least two layers", layers_doc)
+    entries: list[tuple[float, tuple[float, float] | None]] = []
     for i, item in enumerate(layers_doc):
         at = f"layers[{i}]."
         _check(where, f"layers[{i}]", item, _OBJECT)
+        _only(where, f"layers[{i}]", item, _LAYER_FIELDS)
         _get(item, "index", where, at, Integer(low=i, high=i))
-        ci = _get(item, "ci", where, at, Instance(list, "null or two numbers"), NoneValue())
+        dimension = _get(item, "dimension", where, at, Real())
+        ci = _get(item, "ci", where, at, _CI, NoneValue())
         if ci is not None:
             if len(ci) != 2:
-                raise ValueError(f"{where}: {at}ci must be null or two numbers, got {ci!r}")
-            ci = tuple(_check(where, f"{at}ci[{j}]", v, Real()) for j, v in enumerate(ci))
-        layers.append(
-            LayerProfile(
-                index=i,
-                dimension=_get(item, "dimension", where, at, Real()),
-                ci=ci,
-                rank=_get(item, "rank", where, at, _POSITIVE_INT if i else NoneValue()),
-                alpha=_get(item, "alpha", where, at, _POSITIVE if i else NoneValue()),
+                raise _fault(where, f"{at}ci", _CI.rule, ci)
+            lo, hi = (_check(where, f"{at}ci[{j}]", v, Real()) for j, v in enumerate(ci))
+            if lo > hi:
+                raise _fault(where, f"{at}ci", _CI.rule, ci)
+            ci = (lo, hi)
+        entries.append((dimension, ci))
+    ranks = block_ranks(id_increases([d for d, _ in entries]), c, offset, rank_min, rank_max)
+    layers: list[LayerProfile] = []
+    for i, (dimension, ci) in enumerate(entries):
+        at, item = f"layers[{i}].", layers_doc[i]
+        if i == 0:
+            _get(item, "rank", where, at, NoneValue())
+            _get(item, "alpha", where, at, NoneValue())
+            layers.append(LayerProfile(index=0, dimension=dimension, ci=ci))
+            continue
+        rank = _get(item, "rank", where, at, _POSITIVE_INT)
+        expected = ranks[i - 1]
+        if rank != expected:
+            raise _fault(
+                where,
+                f"{at}rank",
+                f"{expected}, the rule's rank for d_{i - 1} = {entries[i - 1][0]!r} and "
+                f"d_{i} = {dimension!r}",
+                rank,
             )
-        )
-    if len(layers) < 2:
-        raise ValueError(f"{where}: layers must hold at least two layers, got {len(layers)}")
+        alpha = _get(item, "alpha", where, at, _POSITIVE)
+        if not _same_alpha(alpha, alpha_over_r * rank):
+            raise _fault(
+                where, f"{at}alpha", f"rule.alpha_over_r × rank = {alpha_over_r * rank!r}", alpha
+            )
+        layers.append(LayerProfile(index=i, dimension=dimension, ci=ci, rank=rank, alpha=alpha))
+
     modules: dict[str, ModulePlan] = {}
     for name, item in _get(doc, "modules", where, "", _OBJECT).items():
+        if not isinstance(name, str):
+            raise _fault(where, "modules", "an object keyed by module names", name)
         at = f"modules[{name!r}]."
         _check(where, f"modules[{name!r}]", item, _OBJECT)
+        _only(where, f"modules[{name!r}]", item, _MODULE_FIELDS)
+        block = _get(item, "block", where, at, Integer(low=1, high=len(layers) - 1))
+        named = block_of(name)
+        if named != block:
+            said = "no block" if named is None else f"block {named}"
+            raise _fault(where, f"{at}block", f"the block in the module's name ({said})", block)
+        rank = _get(item, "rank", where, at, _POSITIVE_INT)
+        if rank != layers[block].rank:
+            raise _fault(where, f"{at}rank", f"{layers[block].rank}, layers[{block}].rank", rank)
+        alpha = _get(item, "alpha", where, at, _POSITIVE)
+        if not _same_alpha(alpha, layers[block].alpha):  # type: ignore[arg-type]
+            raise _fault(
+                where, f"{at}alpha", f"{layers[block].alpha!r}, layers[{block}].alpha", alpha
+            )
         modules[name] = ModulePlan(
-            block=_get(item, "block", where, at, Integer(low=1, high=len(layers) - 1)),
-            rank=_get(item, "rank", where, at, _POSITIVE_INT),
-            alpha=_get(item, "alpha", where, at, _POSITIVE),
+            block=block,
+            rank=rank,
+            alpha=alpha,
             in_features=_get(item, "in_features", where, at, _POSITIVE_INT),
             out_features=_get(item, "out_features", where, at, _POSITIVE_INT),
         )
     plan = RankPlan(
         layers=tuple(layers),
         modules=modules,
-        c=_get(rule, "c", where, "rule.", Real(low=0)),
-        offset=_get(rule, "offset", where, "rule.", Integer()),
-        rank_min=_get(rule, "rank_min", where, "rule.", _POSITIVE_INT),
-        rank_max=_get(rule, "rank_max", where, "rule.", _POSITIVE_INT, NoneValue()),
-        alpha_over_r=_get(rule, "alpha_over_r", where, "rule.", _POSITIVE),
-        budget=_get(rule, "budget", where, "rule.", _POSITIVE_INT, NoneValue()),
-        model=_get(doc, "model", where, "", _OBJECT),
-        estimator=_get(doc, "estimator", where, "", _OBJECT),
-        capture=_get(doc, "capture", where, "", _OBJECT),
+        c=c,
+        offset=offset,
+        rank_min=rank_min,
+        rank_max=rank_max,
+        alpha_over_r=alpha_over_r,
+        budget=budget,
+        model=_get(doc, "model", where, "", _FREE_FORM),
+        estimator=_get(doc, "estimator", where, "", _FREE_FORM),
+        capture=_get(doc, "capture", where, "", _FREE_FORM),
     )
     total = _get(doc, "num_parameters", where, "", Integer(low=0))
     if total != plan.num_parameters:
-        raise ValueError(
-            f"{where}: num_parameters is {total} but the modules add up to {plan.num_parameters}"
+        raise _fault(
+            where, "num_parameters", f"{plan.num_parameters}, the sum over the modules", total
         )
+    if budget is not None:
+        if not modules:
+            raise _fault(where, "rule.budget", "null for a plan without modules", budget)
+        if budget < plan.num_parameters:
+            raise _fault(where, "rule.budget", f">= num_parameters = {plan.num_parameters}", budget)
     return plan
