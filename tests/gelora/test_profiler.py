@@ -98,3 +98,25 @@ def test_read_texts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read text file"):
         read_texts(tmp_path / "absent.txt")
     assert json.loads('{"text": "x"}')  # the JSONL decoder is the standard one
+
+
+def test_n_samples_draws_seeded_rows_from_a_pooled_file(tmp_path: Path, hidden_file: Path) -> None:
+    every = load_hidden_states(hidden_file).layers
+    head = [skdim.id.TwoNN().fit(h[:20].astype(np.float64)).dimension_ for h in every]
+
+    def dimensions(seed: int) -> list[float]:
+        result = profile(hidden_file, n_samples=20, seed=seed, bootstrap=0, c=2.0)
+        assert result.plan.capture["n_samples"] == 20
+        out = result.plan.to_json(tmp_path / f"plan{seed}.json")  # what profile() makes reads back
+        assert RankPlan.from_json(out) == result.plan
+        return [r.dimension for r in result.ids]
+
+    first, again, other = dimensions(0), dimensions(0), dimensions(1)
+    assert first == again and first != other
+    for seed in (first, other):  # 20 of 60 rows: not the first 20 rows, whatever the seed
+        assert not np.allclose(seed, head, rtol=1e-6)
+
+
+def test_too_few_points_is_said_without_blaming_duplicates(hidden_file: Path) -> None:
+    with pytest.raises(ValueError, match=r"^h_0: .* needs at least 3 points, got 2$"):
+        profile(hidden_file, n_samples=2, bootstrap=0)

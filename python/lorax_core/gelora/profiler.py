@@ -54,6 +54,8 @@ __all__ = ["DEFAULT_N_SAMPLES", "ESTIMATORS", "ProfileResult", "profile", "read_
 DEFAULT_N_SAMPLES = 2000
 ESTIMATORS = ("twonn", "mle")
 CHECKPOINT_NAME = "model.safetensors"
+#: Fewest rows an ID estimate takes (TwoNN needs two neighbours of a point).
+MIN_POINTS = 3
 
 _PATH = Instance((str, os.PathLike), "a path")
 
@@ -406,6 +408,11 @@ def _estimate(
         layers, desc=f"ID ({estimator})", unit="layer", file=sys.stderr, disable=not progress
     )
     for i, h in enumerate(bar):
+        if h.shape[0] < MIN_POINTS:  # said here: the estimator would blame duplicates
+            raise ValueError(
+                f"h_{i}: cannot estimate the intrinsic dimension: it needs at least "
+                f"{MIN_POINTS} points, got {h.shape[0]}"
+            )
         try:
             results.extend(estimate_layers([h], estimator, **params))
         except (ValueError, ArithmeticError) as err:  # e.g. all r2/r1 = 1 on a lattice
