@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -163,7 +163,187 @@ def test_write_is_atomic(tmp_path: Path) -> None:
     before = path.read_bytes()
     with pytest.raises(ValueError, match=r"^save_hidden_states: layers must be a non-empty"):
         save_hidden_states(path, [])
-    with pytest.raises(TypeError):  # a failure while writing leaves the old file intact
+    with pytest.raises(ValueError, match=r"^save_hidden_states: metadata must be a mapping of"):
         save_hidden_states(path, layers(), metadata={"n": 3})  # type: ignore[dict-item]
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.safetensors"]
+
+
+# --- the writer refuses what the reader would refuse; the reader never crashes -------------
+
+_NUMPY_OF = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I8": np.int8}
+
+
+def decoded(content: bytes) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file, decoded from its bytes with NumPy alone."""
+    (n,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8 : 8 + n])
+    data = content[8 + n :]
+    found = {}
+    for name, entry in header.items():
+        if name != "__metadata__":
+            start, end = entry["data_offsets"]
+            raw = np.frombuffer(data[start:end], dtype=_NUMPY_OF[entry["dtype"]])
+            found[name] = raw.reshape(entry["shape"]).astype(np.float32)
+    return found
+
+
+def loads_consistently(path: Path) -> None:
+    """``path`` loads as hidden states equal to its bytes, or raises a ValueError naming it."""
+    try:
+        states = load_hidden_states(path)
+    except ValueError as err:
+        assert str(err).startswith(f"{path}: ") and "\n" not in str(err)
+        return
+    tensors = decoded(path.read_bytes())
+    assert len({h.shape[0] for h in states.layers}) == 1
+    assert {h.ndim for h in states.layers} in ({2}, {3})
+    for i, h in enumerate(states.layers):
+        assert h.dtype == np.float32 and np.isfinite(h).all()
+        np.testing.assert_array_equal(h, tensors[f"hidden.{i}"])
+    if states.attention_mask is not None:
+        assert states.attention_mask.shape == states.layers[0].shape[:2]
+        np.testing.assert_array_equal(states.attention_mask, tensors["attention_mask"] == 1)
+
+
+@given(data=st.binary(max_size=400))
+@settings(max_examples=150)
+def test_arbitrary_bytes_load_or_raise_value_error(data: bytes, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("bytes") / "h.safetensors"
+    path.write_bytes(data)
+    loads_consistently(path)
+    path.write_bytes(struct.pack("<Q", len(data)) + data)  # a plausible length, then anything
+    loads_consistently(path)
+
+
+_FIELD_VALUES = st.one_of(
+    st.integers(-(2**64), 2**64),
+    st.sampled_from(["F32", "F64", "F16", "I8", "BOOL", "X", "", None, True, 1.5]),
+    st.lists(st.integers(-3, 40), max_size=4),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2),
+)
+
+
+@given(
+    n=st.integers(1, 5),
+    seq=st.integers(1, 3),
+    per_token=st.booleans(),
+    target=st.integers(0, 1000),
+    field=st.sampled_from(["dtype", "shape", "data_offsets", "extra", "__metadata__"]),
+    value=_FIELD_VALUES,
+    tail=st.binary(max_size=8),
+    cut=st.integers(-16, 0),
+)
+@settings(max_examples=200)
+def test_structured_corruptions_load_consistently_or_raise_value_error(  # type: ignore[no-untyped-def]
+    n, seq, per_token, target, field, value, tail, cut, tmp_path_factory
+) -> None:
+    rng = np.random.default_rng(target)
+    shape = (n, seq, 3) if per_token else (n, 3)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    mask = (np.arange(seq)[None, :] <= rng.integers(0, seq, (n, 1))) if per_token else None
+    path = tmp_path_factory.mktemp("corrupt") / "h.safetensors"
+    save_hidden_states(path, arrays, attention_mask=mask, metadata={"a": "b"})
+    content = path.read_bytes()
+    (length,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8 : 8 + length])
+    names = sorted(header)
+    name = names[target % len(names)]
+    if name == "__metadata__" or field == "__metadata__":
+        header["__metadata__"] = value if field == "__metadata__" else {"format_version": value}
+    else:
+        header[name][field] = value
+    encoded = json.dumps(header).encode()
+    data = content[8 + length :]
+    for variant in (
+        struct.pack("<Q", len(encoded)) + encoded + data,
+        struct.pack("<Q", len(encoded)) + encoded + data + tail,
+        (struct.pack("<Q", len(encoded)) + encoded + data)[: len(encoded) + len(data) + 8 + cut],
+        struct.pack("<Q", length + target) + content[8:],
+    ):
+        path.write_bytes(variant)
+        loads_consistently(path)
+
+
+def test_writer_refuses_what_the_reader_refuses(tmp_path: Path) -> None:
+    flat, tokens = layers(), [np.ones((2, 3, 4), np.float32) * i for i in range(2)]
+    nan = [np.array([[0.0, np.nan]] * 3, np.float32)]
+    cases = {
+        "counts": ({"layers": [flat[0], flat[1][:4]]}, r"mismatched sample counts"),
+        "ndim": ({"layers": [flat[0], tokens[0]]}, r"all be \[n, D\] or all be \[n, seq, D\]"),
+        "empty": ({"layers": [np.zeros((0, 3))]}, r"'layers\[0\]' is empty \(shape \[0, 3\]\)"),
+        "nan": ({"layers": nan}, r"'layers\[0\]' holds NaN or Inf values"),
+        "mask2d": ({"layers": flat, "attention_mask": np.ones((6, 5))}, "only allowed"),
+        "mask shape": ({"layers": tokens, "attention_mask": np.ones((2, 2))}, "does not match"),
+        "mask values": ({"layers": tokens, "attention_mask": np.full((2, 3), 2)}, "only 0 and 1"),
+        "no token": ({"layers": tokens, "attention_mask": np.zeros((2, 3))}, "no real token"),
+        "strings": ({"layers": [np.array([["a"]])]}, "real-valued arrays"),
+    }
+    for name, (kwargs, message) in cases.items():
+        target = tmp_path / f"{name}.safetensors"
+        with pytest.raises(ValueError, match=rf"^save_hidden_states: .*{message}"):
+            save_hidden_states(target, **kwargs)
+        assert not target.exists()
+        if name == "strings":
+            continue
+        # the oracle: the same tensors written by the safetensors library, read back by us
+        tensors = {f"hidden.{i}": torch.as_tensor(h) for i, h in enumerate(kwargs["layers"])}
+        if "attention_mask" in kwargs:
+            tensors["attention_mask"] = torch.as_tensor(kwargs["attention_mask"]).to(torch.int64)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(target))
+        with pytest.raises(ValueError, match=str(target)):
+            load_hidden_states(target)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@given(
+    n=st.integers(1, 6),
+    dims=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    seq=st.none() | st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60)
+def test_what_the_writer_accepts_reads_back_equal(n, dims, seq, seed, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    shape = (n,) if seq is None else (n, seq)
+    arrays = [rng.standard_normal((*shape, d)).astype(np.float32) for d in dims]
+    mask = None if seq is None else np.arange(seq)[None, :] <= rng.integers(0, seq, (n, 1))
+    path = tmp_path_factory.mktemp("ok") / "h.safetensors"
+    states = load_hidden_states(save_hidden_states(path, arrays, attention_mask=mask))
+    for got, want in zip(states.layers, arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+    if mask is not None:
+        np.testing.assert_array_equal(states.attention_mask, mask)
+
+
+def test_the_same_array_twice_is_written(tmp_path: Path) -> None:
+    h = layers(count=1)[0]
+    view = h[:, :]  # a view of the same memory
+    states = load_hidden_states(save_hidden_states(tmp_path / "h.safetensors", [h, h, view]))
+    for got in states.layers:
+        np.testing.assert_array_equal(got, h)
+
+
+def test_write_errors_name_the_callers_path(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lorax_core.gelora import plan_ranks
+    from lorax_core.gelora import states as states_module
+
+    absent = tmp_path / "absent" / "h.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        save_hidden_states(absent, layers())
+    assert str(absent) in str(info.value) and ".tmp" not in str(info.value)
+    plan = plan_ranks([1.0, 2.0], None, None)
+    with pytest.raises(FileNotFoundError) as info:
+        plan.to_json(tmp_path / "absent" / "plan.json")
+    assert str(tmp_path / "absent" / "plan.json") in str(info.value)
+    assert ".tmp" not in str(info.value)
+
+    def failing(tensors, path, metadata):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"Error while serializing: I/O error on {path}")
+
+    monkeypatch.setattr(states_module, "save_file", failing)
+    target = tmp_path / "h.safetensors"
+    with pytest.raises(RuntimeError) as info:
+        save_hidden_states(target, layers())
+    assert str(info.value) == f"Error while serializing: I/O error on {target}"
+    assert list(tmp_path.iterdir()) == []

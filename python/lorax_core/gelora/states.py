@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from lorax_core._atomic import atomic_write
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import FLOAT_DTYPES, SafetensorsHeader, TensorInfo, read_header
-from lorax_core._validation import Satisfies, validate_params
+from lorax_core._validation import NoneValue, Satisfies, validate_params
 
 __all__ = [
     "HIDDEN_PREFIX",
@@ -66,8 +66,57 @@ class HiddenStates:
         return int(self.layers[0].shape[0])
 
 
+def _real_array(value: object) -> bool:
+    """Whether ``value`` is a tensor or converts to an array of real numbers (bool/int/float)."""
+    if isinstance(value, torch.Tensor):
+        return not value.is_complex()
+    try:
+        return np.asarray(value).dtype.kind in "biuf"
+    except (TypeError, ValueError, RuntimeError):  # e.g. ragged nested lists
+        return False
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with copies of any that share memory (the same array passed twice), which
+    ``safetensors`` refuses to write."""
+    seen: set[int] = set()
+    result = {}
+    for name, tensor in tensors.items():
+        start = tensor.untyped_storage().data_ptr()
+        result[name] = tensor.clone() if start in seen and tensor.numel() else tensor
+        seen.add(start)
+    return result
+
+
+def _as_tensor(value: np.ndarray | torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``value`` as a contiguous CPU tensor (of ``dtype`` if given)."""
+    tensor = (
+        value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    )
+    return tensor.to(device="cpu", dtype=dtype).contiguous()
+
+
+_ARRAYS = Satisfies(
+    (list, tuple),
+    lambda v: len(v) > 0 and all(_real_array(h) for h in v),
+    "a non-empty sequence of real-valued arrays",
+)
+
+
 @validate_params(
-    layers=Satisfies((list, tuple), lambda v: len(v) > 0, "a non-empty sequence of arrays")
+    layers=_ARRAYS,
+    attention_mask=[
+        Satisfies((np.ndarray, torch.Tensor), _real_array, "an int array"),
+        NoneValue(),
+    ],
+    metadata=[
+        Satisfies(
+            Mapping,
+            lambda m: all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()),
+            "a mapping of strings to strings",
+        ),
+        NoneValue(),
+    ],
 )
 def save_hidden_states(
     path: str | os.PathLike[str],
@@ -78,14 +127,33 @@ def save_hidden_states(
 ) -> Path:
     """Write ``layers`` as ``hidden.0`` … ``hidden.L`` (float32) atomically; returns the path.
 
-    ``metadata`` (strings to strings) is stored beside the format's name and version.
+    Args:
+        path: the file to write (replaced atomically).
+        layers: h_0 … h_L, all ``[n, D_i]`` or all ``[n, seq, D_i]``, finite real values.
+        attention_mask: for ``[n, seq, D_i]`` layers, ``[n, seq]`` of 0/1 (1 = real token),
+            every row with a real token.
+        metadata: strings to strings, stored beside the format's name and version.
+
+    Raises:
+        TypeError, ValueError: ``save_hidden_states: <argument> …`` for input that
+            :func:`load_hidden_states` would refuse; nothing is written then.
     """
-    tensors = {
-        f"{HIDDEN_PREFIX}{i}": torch.as_tensor(np.asarray(h), dtype=torch.float32).contiguous()
-        for i, h in enumerate(layers)
-    }
-    if attention_mask is not None:
-        tensors[MASK_KEY] = torch.as_tensor(np.asarray(attention_mask)).to(torch.int8).contiguous()
+    tensors = _unshared(
+        {f"{HIDDEN_PREFIX}{i}": _as_tensor(h, torch.float32) for i, h in enumerate(layers)}
+    )
+    mask = None if attention_mask is None else _as_tensor(attention_mask, None)
+    named = {f"layers[{i}]": t for i, t in enumerate(tensors.values())}
+    fault = _layout_fault(
+        {k: tuple(t.shape) for k, t in named.items()},
+        None if mask is None else tuple(mask.shape),
+        "layers",
+    ) or _values_fault(
+        [(k, t.numpy()) for k, t in named.items()], None if mask is None else mask.numpy()
+    )
+    if fault is not None:
+        raise ValueError(f"save_hidden_states: {fault}")
+    if mask is not None:
+        tensors[MASK_KEY] = mask.to(torch.int8).contiguous()
     meta = HIDDEN_STATES_FORMAT.stamp(metadata or {})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -112,37 +180,63 @@ def holds_hidden_states(header: SafetensorsHeader) -> bool:
     return any(name.startswith(HIDDEN_PREFIX) for name in header.tensors)
 
 
-def _check_layout(p: Path, keys: list[str], header: SafetensorsHeader) -> None:
-    """Dtypes and shapes of the hidden states and the mask, from the header alone."""
-    entries = {k: header.tensors[k] for k in keys}
-    for k, info in entries.items():
-        if info.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{p}: tensor {k!r} has dtype {info.dtype}, expected float")
-    shapes = {k: info.shape for k, info in entries.items()}
+def _layout_fault(
+    shapes: Mapping[str, tuple[int, ...]], mask: tuple[int, ...] | None, what: str
+) -> str | None:
+    """What is wrong with hidden states of ``shapes`` (name -> shape) and a mask, or None.
+
+    ``what`` names the hidden states as a group (``"hidden.<i> tensors"``, ``"layers"``).
+    """
     ndims = {len(s) for s in shapes.values()}
     if not ndims <= {2, 3} or len(ndims) != 1:
-        raise ValueError(f"{p}: hidden.<i> tensors must all be [n, D] or all be [n, seq, D]")
+        return f"{what} must all be [n, D] or all be [n, seq, D]"
     empty = [k for k, s in shapes.items() if 0 in s]
     if empty:
-        first = empty[0]
-        raise ValueError(f"{p}: tensor {first!r} is empty (shape {list(shapes[first])})")
-    counts = {s[0] for s in shapes.values()}
-    if len(counts) != 1:
+        return f"{empty[0]!r} is empty (shape {list(shapes[empty[0]])})"
+    if len({s[0] for s in shapes.values()}) != 1:
         detail = ", ".join(f"{k}: {s[0]}" for k, s in shapes.items())
-        raise ValueError(f"{p}: hidden.<i> tensors have mismatched sample counts ({detail})")
+        return f"{what} have mismatched sample counts ({detail})"
     if ndims == {3} and len({s[1] for s in shapes.values()}) != 1:
-        raise ValueError(f"{p}: hidden.<i> tensors have mismatched sequence lengths")
-    mask: TensorInfo | None = header.tensors.get(MASK_KEY)
+        return f"{what} have mismatched sequence lengths"
+    first = next(iter(shapes.values()))
     if mask is not None:
         if ndims != {3}:
-            raise ValueError(f"{p}: attention_mask is only allowed with [n, seq, D] tensors")
-        if mask.dtype not in _MASK_DTYPES:
-            raise ValueError(f"{p}: attention_mask has dtype {mask.dtype}, expected int")
-        if mask.shape != shapes[keys[0]][:2]:
-            raise ValueError(
-                f"{p}: attention_mask shape {list(mask.shape)} does not match the hidden "
-                f"states' [n, seq] = {list(shapes[keys[0]][:2])}"
+            return f"{MASK_KEY} is only allowed with [n, seq, D] {what}"
+        if mask != first[:2]:
+            return (
+                f"{MASK_KEY} shape {list(mask)} does not match the hidden states' "
+                f"[n, seq] = {list(first[:2])}"
             )
+    return None
+
+
+def _values_fault(layers: Sequence[tuple[str, np.ndarray]], mask: np.ndarray | None) -> str | None:
+    """NaN/Inf in a layer, or a mask of other values than 0/1 or with an all-padding row."""
+    for name, h in layers:
+        if not np.isfinite(h).all():
+            return f"{name!r} holds NaN or Inf values"
+    if mask is not None:
+        if not np.isin(mask, (0, 1)).all():
+            return f"{MASK_KEY} must hold only 0 and 1"
+        if not mask.astype(bool).any(axis=1).all():
+            return f"{MASK_KEY} has a row with no real token"
+    return None
+
+
+def _check_layout(p: Path, keys: list[str], header: SafetensorsHeader) -> None:
+    """Dtypes and shapes of the hidden states and the mask, from the header alone."""
+    for k in keys:
+        if header.tensors[k].dtype not in FLOAT_DTYPES:
+            raise ValueError(
+                f"{p}: tensor {k!r} has dtype {header.tensors[k].dtype}, expected float"
+            )
+    mask: TensorInfo | None = header.tensors.get(MASK_KEY)
+    shapes = {k: header.tensors[k].shape for k in keys}
+    fault = _layout_fault(shapes, None if mask is None else mask.shape, "hidden.<i> tensors")
+    if fault is not None:
+        raise ValueError(f"{p}: {fault}")
+    if mask is not None and mask.dtype not in _MASK_DTYPES:
+        raise ValueError(f"{p}: {MASK_KEY} has dtype {mask.dtype}, expected int")
 
 
 def load_hidden_states(path: str | os.PathLike[str]) -> HiddenStates:
@@ -169,13 +263,7 @@ def load_hidden_states(path: str | os.PathLike[str]) -> HiddenStates:
             mask = f.get_tensor(MASK_KEY).numpy() if has_mask else None
     except (SafetensorError, OSError, RuntimeError) as err:
         raise ValueError(f"{p}: cannot read tensors: {err}") from None
-    for k, h in zip(keys, layers, strict=True):
-        if not np.isfinite(h).all():
-            raise ValueError(f"{p}: tensor {k!r} holds NaN or Inf values")
-    if mask is not None:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{p}: attention_mask must hold only 0 and 1")
-        mask = mask.astype(bool)
-        if not mask.any(axis=1).all():
-            raise ValueError(f"{p}: attention_mask has a row with no real token")
-    return HiddenStates(layers, mask, header.metadata)
+    fault = _values_fault(list(zip(keys, layers, strict=True)), mask)
+    if fault is not None:
+        raise ValueError(f"{p}: {fault}")
+    return HiddenStates(layers, None if mask is None else mask.astype(bool), header.metadata)
