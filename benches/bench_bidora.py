@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_adapters import LiveTensorBytes
 from bidora_vs_dora import MeanPoolClassifier, loss_fn
-from harness import cuda_sync, interleaved, ratio_summary
+from harness import cuda_sync, interleaved, ratio_summary, timed
 from lorax_core.adapters import AdapterConfig, inject
 from lorax_core.datasets import minilm_path, tweets_sentiment
 from lorax_core.training import BiDoRATrainer
@@ -103,11 +103,9 @@ def peak_bytes(step: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated by one call of ``step`` beyond what was allocated before it."""
     step()  # optimizer state exists from here on: measure a steady-state step
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
+        timed(step, cuda_sync(device))  # synchronised before and after
         return torch.cuda.max_memory_allocated(device) - before
     with LiveTensorBytes([]) as tracker:
         step()
