@@ -363,7 +363,16 @@ def test_zero_matrix_gives_finite_zero_factors() -> None:
         ({"r": 0}, ValueError, "nystrom: r must be an int >= 1, got 0"),
         ({"r": 9}, ValueError, r"nystrom: r must be an int in \[1, min\(out, in\)\] = \[1, 8\]"),
         ({"r": 2.0}, TypeError, "nystrom: r must be an int"),
-        ({"r": 2, "oversample": -1}, ValueError, "nystrom: oversample must be an int >= 0"),
+        (
+            {"r": 2, "oversample": -1},
+            ValueError,
+            r"nystrom: oversample must be an int in \[0, 1000\]",
+        ),
+        (
+            {"r": 2, "power_iters": 10**30},
+            ValueError,
+            r"nystrom: power_iters must be an int in \[0, ",
+        ),
         ({"r": 2, "power_iters": True}, TypeError, "nystrom: power_iters must be an int"),
         ({"r": 2, "seed": -3}, ValueError, r"nystrom: seed must be an int in \[0, "),
     ],

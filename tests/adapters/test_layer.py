@@ -154,14 +154,31 @@ def test_torch_compile_matches_eager() -> None:
 def test_bad_layer_arguments() -> None:
     with pytest.raises(TypeError, match=r"base_layer must be an nn\.Linear"):
         LoraLinear(nn.Conv1d(2, 2, 1), 4)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="LoraLinear: r must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"LoraLinear: r must be an int in \[1, 20\], got 0"):
         LoraLinear(base_linear(), 0)
     with pytest.raises(ValueError, match=r"LoraLinear: alpha must be a finite number > 0\.0"):
         LoraLinear(base_linear(), 2, float("nan"))
     with pytest.raises(ValueError, match=r"DoraLinear: dropout must be a finite number in \[0.0"):
         DoraLinear(base_linear(), 2, dropout=1.0)
-    with pytest.raises(ValueError, match="SVDLinear: r_max must be an int >= 4, got 2"):
+    with pytest.raises(ValueError, match=r"SVDLinear: r_max must be an int in \[4, 20\], got 2"):
         SVDLinear(base_linear(), 4, r_max=2)
+    with pytest.raises(
+        ValueError,
+        match=r"LoraLinear: r must be an int in \[1, 20\], got 1000000000000000000000000000000",
+    ):
+        LoraLinear(base_linear(), 10**30)  # never reaches torch as an overflowing size
+    with pytest.raises(
+        ValueError, match=r"SVDLinear: r_max must be an int in \[4, 20\], got 9223372036854775808"
+    ):
+        SVDLinear(base_linear(), 4, r_max=2**63)
+    for dtype in (torch.complex64, torch.int32, torch.bool):
+        weird = base_linear()
+        weird.weight = nn.Parameter(weird.weight.detach().to(dtype), requires_grad=False)
+        with pytest.raises(
+            TypeError,
+            match=f"LoraLinear: base_layer weight must have dtype .*, got {str(dtype)[6:]}",
+        ):
+            LoraLinear(weird, 2)
     with pytest.raises(ValueError, match="SLoraLinear: train must be one of 'all', 'intermediate'"):
         SLoraLinear(base_linear(), 4, train="some")
     with pytest.raises(TypeError, match=r"LoraLinear: options must be among \[\], got \['r_max'\]"):

@@ -59,6 +59,9 @@ _INIT_OPTIONS: dict[str, tuple[str, ...]] = {
 
 _SEED_LIMIT = 2**64
 _SEED = Integer(0, _SEED_LIMIT - 1)
+# Bound on oversampling and on power / subspace iterations (far beyond any useful value; a
+# larger one would run for ever).
+_MAX_STEPS = 1000
 
 
 def _as_weight(function: str, W: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -112,7 +115,7 @@ def nlora(W: torch.Tensor | np.ndarray, r: int) -> tuple[torch.Tensor, torch.Ten
     return W[:, :r].clone(), W[:r, :r].clone(), W[:r, :].clone()
 
 
-@validate_params(oversample=Integer(low=0), power_iters=Integer(low=0), seed=_SEED)
+@validate_params(oversample=Integer(0, _MAX_STEPS), power_iters=Integer(0, _MAX_STEPS), seed=_SEED)
 def nystrom(
     W: torch.Tensor | np.ndarray,
     r: int,
@@ -133,8 +136,8 @@ def nystrom(
             dtypes via a float32 copy; CUDA tensors are copied to the host and the factors
             copied back.
         r: rank, ``1 <= r <= min(out, in)``.
-        oversample: extra test vectors (>= 0).
-        power_iters: power steps (>= 0); 1 reaches about 1.1× the optimal rank-r error on
+        oversample: extra test vectors, in [0, 1000].
+        power_iters: power steps, in [0, 1000]; 1 reaches about 1.1× the optimal rank-r error on
             slowly decaying spectra, 0 is a two-pass sketch.
         seed: seed of the test matrices (0 <= seed < 2**64); equal seeds give equal factors.
 
@@ -156,7 +159,7 @@ def nystrom(
     )
 
 
-@validate_params(svd=Options(("full", "randomized")), niter=Integer(low=0), seed=_SEED)
+@validate_params(svd=Options(("full", "randomized")), niter=Integer(0, _MAX_STEPS), seed=_SEED)
 def pissa(
     W: torch.Tensor | np.ndarray,
     r: int,
@@ -173,7 +176,7 @@ def pissa(
         r: rank, ``1 <= r <= min(out, in)``.
         svd: ``"full"`` (``torch.linalg.svd``, exact) or ``"randomized"``
             (``torch.svd_lowrank(q=r, niter=niter)``, PEFT's fast PiSSA path).
-        niter: subspace iterations of the randomized SVD (>= 0).
+        niter: subspace iterations of the randomized SVD, in [0, 1000].
         seed: seed of the randomized SVD's test matrix (the global RNG is left untouched).
 
     Returns:

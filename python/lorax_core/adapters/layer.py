@@ -24,15 +24,19 @@ from torch import nn
 from lorax_core._validation import Instance, Integer, Real, check, check_bool
 
 __all__ = [
+    "ADAPTABLE_DTYPES",
     "INIT_BUFFERS",
     "AdapterLinear",
     "LoraFactors",
     "adapter_dtype_for",
     "detached",
     "kaiming_uniform_bound",
+    "max_rank",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Base weight dtypes an adapter can wrap (integer, bool, complex and float8 weights cannot).
+ADAPTABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Buffers holding the initial factors of a residual init (registered by lorax_core.adapters.init):
 # ``init_<name>`` is the initial value of the parameter ``<name>``.
 INIT_BUFFERS = ("init_lora_A", "init_lora_B", "init_lora_N")
@@ -44,6 +48,12 @@ LoraFactors = tuple[torch.Tensor, torch.Tensor, float]
 def adapter_dtype_for(base_dtype: torch.dtype, autocast: bool = True) -> torch.dtype:
     """Adapter parameter dtype for a base weight of ``base_dtype``."""
     return torch.float32 if autocast and base_dtype in _LOW_PRECISION else base_dtype
+
+
+def max_rank(base_layer: nn.Linear) -> int:
+    """The largest rank an adapter of ``base_layer`` may have: ``min(out, in)`` (the rank of
+    any (out × in) matrix), at least 1."""
+    return max(1, min(base_layer.in_features, base_layer.out_features))
 
 
 def detached(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -68,7 +78,7 @@ class AdapterLinear(nn.Module, ABC):
 
     Args:
         base_layer: the ``nn.Linear`` to adapt.
-        r: rank (an int >= 1).
+        r: rank, an int in ``[1, min(out_features, in_features)]``.
         alpha: scaling numerator (a finite number > 0).
         dropout: dropout probability on the adapter input, in [0, 1).
         use_rslora: scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
@@ -101,7 +111,13 @@ class AdapterLinear(nn.Module, ABC):
         super().__init__()
         name = type(self).__name__
         check(name, "base_layer", base_layer, Instance(nn.Linear, "an nn.Linear"))
-        r = check(name, "r", r, Integer(low=1))
+        weight_dtype = base_layer.weight.dtype
+        if weight_dtype not in ADAPTABLE_DTYPES:
+            raise TypeError(
+                f"{name}: base_layer weight must have dtype float16, bfloat16, float32 or "
+                f"float64, got {str(weight_dtype).removeprefix('torch.')}"
+            )
+        r = check(name, "r", r, Integer(low=1, high=max_rank(base_layer)))
         alpha = check(name, "alpha", alpha, Real(low=0.0, closed="neither"))
         dropout = check(name, "dropout", dropout, Real(low=0.0, high=1.0, closed="left"))
         self.use_rslora = check_bool(name, "use_rslora", use_rslora)

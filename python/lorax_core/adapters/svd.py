@@ -13,7 +13,7 @@ import torch
 from torch.nn.functional import linear
 
 from lorax_core._validation import Integer, check
-from lorax_core.adapters.layer import AdapterLinear, LoraFactors, detached
+from lorax_core.adapters.layer import AdapterLinear, LoraFactors, detached, max_rank
 from lorax_core.adapters.registry import register_form
 
 __all__ = ["SVDLinear"]
@@ -37,7 +37,16 @@ class SVDLinear(AdapterLinear):
 
     def build(self, *, r_max: int | None = None) -> None:
         name = type(self).__name__
-        capacity = self.r if r_max is None else check(name, "r_max", r_max, Integer(low=self.r))
+        capacity = (
+            self.r
+            if r_max is None
+            else check(
+                name,
+                "r_max",
+                r_max,
+                Integer(low=self.r, high=max(self.r, max_rank(self.base_layer))),
+            )
+        )
         self.capacity = capacity
         self.active_rank = self.r
         self.lora_A = self.new_parameter(capacity, self.in_features)
