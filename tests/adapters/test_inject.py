@@ -195,7 +195,12 @@ def test_bad_injection_is_rejected_before_changes(
 
 def test_double_injection_and_bad_arguments(pristine: nn.Module) -> None:
     model = inject(copy.deepcopy(pristine), AdapterConfig(target_modules=QV))
-    with pytest.raises(ValueError, match="inject: model must have no adapters yet"):
+    with pytest.raises(
+        ValueError,
+        match=r"inject: model must hold no adapters yet, got module "
+        r"'encoder\.layer\.0\.attention\.self\.query' holding a lorax_core 'lora' adapter; "
+        r"a module takes one adapter",
+    ):
         inject(model, AdapterConfig(target_modules=["key"]))
     with pytest.raises(TypeError, match="inject: config_or_plan must be an AdapterConfig"):
         inject(copy.deepcopy(pristine), {"target_modules": QV})

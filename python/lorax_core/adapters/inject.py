@@ -21,6 +21,8 @@ __all__ = [
     "adapted_modules",
     "adapter_config",
     "build_layer",
+    "check_no_adapters",
+    "held_adapter",
     "inject",
     "trainable_parameters",
 ]
@@ -85,6 +87,31 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
             "without"
         )
     return config
+
+
+def held_adapter(model: nn.Module) -> tuple[str, str] | None:
+    """The first module of ``model`` that already holds an adapter, as ``(name, kind)``:
+    a lorax_core adapter layer or a PEFT tuner layer (a ``peft`` module with a ``base_layer``).
+    None when there is none."""
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLinear):
+            return name, f"a lorax_core {module.method!r} adapter"
+        wrapped = isinstance(getattr(module, "base_layer", None), nn.Module)
+        if wrapped and type(module).__module__.split(".")[0] == "peft":
+            return name, f"a PEFT {type(module).__name__} adapter"
+    return None
+
+
+def check_no_adapters(function: str, model: nn.Module, hint: str) -> None:
+    """``ValueError`` naming the module if ``model`` already holds an adapter; ``hint`` says
+    how to proceed."""
+    held = held_adapter(model)
+    if held is not None:
+        name, kind = held
+        where = f"module {name!r}" if name else "the model itself"
+        raise ValueError(
+            f"{function}: model must hold no adapters yet, got {where} holding {kind}; {hint}"
+        )
 
 
 def build_layer(config: AdapterConfig, name: str, module: nn.Linear) -> AdapterLinear:
@@ -181,12 +208,12 @@ def build_layers(
     the base weights it wraps.
     """
     _check_model("inject", model)
-    existing = adapted_modules(model)
-    if existing:
-        raise ValueError(
-            f"inject: model must have no adapters yet, got one that already has adapters "
-            f"(e.g. {next(iter(existing))!r})"
-        )
+    check_no_adapters(
+        "inject",
+        model,
+        "a module takes one adapter: inject into a fresh copy of the base model, or load new "
+        "adapter tensors into this one with load_adapter",
+    )
     selected = select_modules(model, config)
     layers = {name: build_layer(config, name, module) for name, module in selected.items()}
     if initialise and config.init != "default":

@@ -8,14 +8,15 @@ parameters are ``lora_A``, ``lora_B`` and the tensors the form exports (docs/pef
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lorax_core._validation import Instance, validate_params
+from lorax_core._validation import Bool, Constraint, Instance, Integer, Real, check, validate_params
 from lorax_core.adapters.config import AdapterConfig
-from lorax_core.adapters.inject import adapted_modules, build_layers, install_layers
+from lorax_core.adapters.inject import build_layers, check_no_adapters, install_layers
+from lorax_core.adapters.io import check_directory
 from lorax_core.adapters.registry import AdapterForm, form_names, get_form
 from lorax_core.integrations.peft.format import (
     A_KEY,
@@ -59,6 +60,35 @@ def _by_module(
     return out
 
 
+def _field(config: dict[str, Any], name: str, default: object, *constraints: Constraint) -> Any:
+    return check(
+        "import_peft", f"{CONFIG_NAME} field {name}", config.get(name, default), *constraints
+    )
+
+
+def _adapter_config(form: AdapterForm, config: dict[str, Any]) -> AdapterConfig:
+    """The lorax_core config that reads ``config`` (PEFT's defaults for absent fields)."""
+    fields = {
+        "r": _field(config, "r", 8, Integer(low=1)),
+        "alpha": _field(config, "lora_alpha", 8, Real(low=0.0, closed="neither")),
+        "dropout": _field(config, "lora_dropout", 0.0, Real(0.0, 1.0, closed="left")),
+        "use_rslora": _field(config, "use_rslora", False, Bool()),
+    }
+    try:
+        return AdapterConfig(
+            method=form.name,
+            target_modules=config["target_modules"],
+            exclude_modules=config.get("exclude_modules"),
+            rank_pattern=config.get("rank_pattern") or None,
+            alpha_pattern=config.get("alpha_pattern") or None,
+            **fields,
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(
+            f"import_peft: {CONFIG_NAME} does not describe a valid adapter: {err}"
+        ) from err
+
+
 @validate_params(model=Instance(nn.Module, "a torch.nn.Module"))
 def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Load a PEFT LoRA/DoRA adapter folder into ``model`` as lorax_core adapters (in place).
@@ -83,25 +113,17 @@ def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modul
             has adapters, the adapter does not fit the model (missing modules, wrong shapes),
             missing or unexpected tensors.
     """
-    if adapted_modules(model):
-        raise ValueError(
-            "import_peft: model must be a plain base model, got one that already has lorax_core "
-            "adapters"
-        )
-    folder = Path(directory)
+    check_no_adapters(
+        "import_peft",
+        model,
+        "import into a fresh copy of the base model (for a PEFT model, merge_and_unload() it or "
+        "pass its base model without adapters)",
+    )
+    folder = check_directory("import_peft", directory)
     config = read_config(folder / CONFIG_NAME)
     tensors = read_tensors(folder / WEIGHTS_NAME)
-    form = _native_form(config)
-    adapter = AdapterConfig(
-        method=form.name,
-        r=config.get("r", 8),
-        alpha=config.get("lora_alpha", 8),
-        target_modules=config["target_modules"],
-        exclude_modules=config.get("exclude_modules"),
-        rank_pattern=config.get("rank_pattern") or None,
-        alpha_pattern=config.get("alpha_pattern") or None,
-        use_rslora=bool(config.get("use_rslora", False)),
-    )
+    adapter = _adapter_config(_native_form(config), config)
+    form = get_form(adapter.method)
     suffixes = {A_KEY: "lora_A", B_KEY: "lora_B", **form.peft_tensors}
     by_module = _by_module(tensors, suffixes)
     modules = dict(model.named_modules())
@@ -125,11 +147,21 @@ def import_peft(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modul
             found = by_module.get(name, {}).get(pname)
             if found is None:
                 raise ValueError(f"{WEIGHTS_NAME} is missing tensor {key!r}")
+            if not found.is_floating_point():
+                raise TypeError(
+                    f"import_peft: {WEIGHTS_NAME} tensor {key!r} must be floating point, got "
+                    f"{str(found.dtype).removeprefix('torch.')}"
+                )
             if found.shape != params[pname].shape:
                 raise ValueError(
                     f"adapter does not match the base model: {key!r} has shape "
                     f"{tuple(found.shape)}, expected {tuple(params[pname].shape)} "
                     f"(rank {layer.r})"
+                )
+            if not bool(torch.isfinite(found).all()):
+                raise ValueError(
+                    f"import_peft: {WEIGHTS_NAME} tensor {key!r} must be finite, got NaN or "
+                    "infinite values"
                 )
     with torch.no_grad():
         for name, layer in layers.items():
