@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load, load_file
 from torch import nn
 
 from lorax_core import _atomic
@@ -23,6 +27,7 @@ from lorax_core.adapters import (
     save_adapter,
 )
 from lorax_core.adapters import io as adapter_io
+from tests.adapters import fuzz
 from tests.test_atomic import run_child
 
 
@@ -291,3 +296,52 @@ def test_residual_init_reloads_to_the_saved_model(  # type: ignore[no-untyped-de
         assert torch.equal(twin.base_layer.weight, layer.base_layer.weight), name
         assert torch.equal(twin.get_buffer("init_lora_B"), layer.get_buffer("init_lora_B"))
     assert torch.equal(loaded(**batch).last_hidden_state, model(**batch).last_hidden_state)
+
+
+# -- corrupt folders (property) -----------------------------------------------------------------
+
+NAMES = ("adapter_config.json", "adapter_model.safetensors")
+FUZZ_CONFIG = AdapterConfig("svd", r=2, r_max=3, target_modules=["0", "2"])
+
+
+def _fuzz_source() -> tuple[Any, bytes]:
+    """A saved SVD-form adapter (tensors and a per-module record state) of the small model."""
+    model = inject(_small_model(), FUZZ_CONFIG)
+    _train_a_little(model, seed=5)
+    with tempfile.TemporaryDirectory() as folder:
+        save_adapter(model, folder)
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+        return config, (Path(folder) / "adapter_model.safetensors").read_bytes()
+
+
+FUZZ_SOURCE = _fuzz_source()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(data=st.data(), into_adapted=st.booleans())
+def test_corrupt_folder_loads_exactly_or_is_refused_unchanged(
+    data: st.DataObject, into_adapted: bool
+) -> None:
+    """Load a corrupted folder: either every file tensor lands bit-exactly, or a ValueError /
+    TypeError is raised and the model's state dict is unchanged (no adapters added)."""
+    config, weights = data.draw(fuzz.folder_edit(*FUZZ_SOURCE, checksum_key="weights_sha256"))
+    model = _small_model()
+    if into_adapted:
+        inject(model, FUZZ_CONFIG)
+    before = fuzz.snapshot(model)
+    with tempfile.TemporaryDirectory() as folder:
+        fuzz.write_folder(
+            Path(folder), ("adapter_config.json", "adapter_model.safetensors"), config, weights
+        )
+        try:
+            load_adapter(model, folder)
+        except (ValueError, TypeError):
+            assert fuzz.same_state(model, before)
+            assert bool(adapted_modules(model)) == into_adapted
+            return
+    stored = load(weights)
+    state = model.state_dict()
+    for key, value in stored.items():
+        assert torch.equal(state[key], value), key

@@ -38,7 +38,7 @@ from torch import nn
 from lorax_core._atomic import atomic_folder
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import parse_header
-from lorax_core._validation import Instance, validate_params
+from lorax_core._validation import Instance, check, describe, validate_params
 from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
 from lorax_core.adapters.inject import (
     adapted_modules,
@@ -48,11 +48,36 @@ from lorax_core.adapters.inject import (
 )
 from lorax_core.adapters.layer import INIT_BUFFERS, AdapterLinear
 
-__all__ = ["CONFIG_NAME", "FORMAT", "WEIGHTS_NAME", "load_adapter", "read_json", "save_adapter"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT",
+    "WEIGHTS_NAME",
+    "check_directory",
+    "load_adapter",
+    "read_json",
+    "save_adapter",
+]
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = DocumentFormat("lorax_core.adapter", 1, version_key="format_version")
+
+
+def check_directory(function: str, directory: object) -> Path:
+    """``directory`` as a :class:`~pathlib.Path`; ``TypeError``/``ValueError`` naming it."""
+    check(
+        function,
+        "directory",
+        directory,
+        Instance((str, os.PathLike), "a path (str or os.PathLike)"),
+    )
+    text = os.fspath(directory)  # type: ignore[call-overload]
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(
+            f"{function}: directory must be a non-empty text path without NUL characters, got "
+            f"{describe(directory)}"
+        )
+    return Path(text)
 
 
 def read_json(path: Path) -> Any:
@@ -80,7 +105,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     if not layers:
         raise ValueError("save_adapter: model must have adapter layers, got none to save")
     config = adapter_config(model)
-    path = Path(directory)
+    path = check_directory("save_adapter", directory)
     if path.exists() and not path.is_dir():
         raise ValueError(f"save_adapter: directory must be a directory, got file {str(path)!r}")
     weights = save_safetensors(_adapter_tensors(layers), metadata={"format": "pt"})
@@ -176,6 +201,43 @@ def _check_tensors(
                 f"{WEIGHTS_NAME}: tensor {key!r} has shape {tuple(tensors[key].shape)}, "
                 f"the model expects {shape}"
             )
+        module, _, leaf = key.rpartition(".")
+        param = layers[module].adapter_parameters()[leaf.removeprefix("init_")]
+        if tensors[key].dtype != param.dtype:
+            raise ValueError(
+                f"{WEIGHTS_NAME}: tensor {key!r} has dtype {tensors[key].dtype}, the model's "
+                f"adapter has {param.dtype}"
+            )
+        if not bool(torch.isfinite(tensors[key]).all()):
+            raise ValueError(f"{WEIGHTS_NAME}: tensor {key!r} must be finite, got NaN or infinity")
+
+
+@torch.no_grad()
+def _copy_in_or_undo(
+    tensors: dict[str, torch.Tensor], layers: dict[str, AdapterLinear], saved: dict[str, Any]
+) -> None:
+    """:func:`_copy_in`; if a record is refused half-way, the layers are put back as they were."""
+    backup = {
+        name: (
+            {k: v.detach().clone() for k, v in layer.adapter_parameters().items()},
+            dict(layer.init_buffers()),
+            layer.record(),
+        )
+        for name, layer in layers.items()
+    }
+    try:
+        _copy_in(tensors, layers, saved)
+    except (TypeError, ValueError) as err:
+        for name, (params, buffers, record) in backup.items():
+            layer = layers[name]
+            for key, value in params.items():
+                layer.adapter_parameters()[key].copy_(value)
+            for key in INIT_BUFFERS:
+                layer._buffers.pop(key, None)
+                if key in buffers:
+                    layer.register_buffer(key, buffers[key])
+            layer.restore(record)
+        raise ValueError(f"{CONFIG_NAME}: a module record is malformed: {err}") from err
 
 
 @torch.no_grad()
@@ -212,7 +274,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     same method, modules and shapes, and only its adapter tensors are replaced. Everything is
     validated before the model is modified.
     """
-    document, tensors = _read(Path(directory))
+    document, tensors = _read(check_directory("load_adapter", directory))
     config = AdapterConfig.from_dict(document.get("config") or {})
     existing = adapted_modules(model)
     fresh = not existing
@@ -230,7 +292,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     residual = fresh and config.init in RESIDUAL_INITS
     _check_modules(document, layers)
     _check_tensors(tensors, layers, residual)
-    _copy_in(tensors, layers, document["modules"])
+    _copy_in_or_undo(tensors, layers, document["modules"])
     if fresh:
         if residual:
             _apply_residual(layers)

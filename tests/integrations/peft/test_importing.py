@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 
 from lorax_core.adapters.config import AdapterConfig
 from lorax_core.adapters.inject import adapted_modules, inject
-from lorax_core.adapters.io import save_adapter
+from lorax_core.adapters.io import load_adapter, save_adapter
 from lorax_core.adapters.merge import merged_state_dict
 from lorax_core.integrations.peft import CONFIG_NAME, WEIGHTS_NAME, export_peft, import_peft
+from tests.adapters import fuzz
 from tests.integrations.peft.helpers import ATOL, PREFIX, TARGETS, forward, small_export
 
 
@@ -129,7 +133,7 @@ def test_import_rejects_wrong_base_model(tmp_path: Path) -> None:
         import_peft(nn.Sequential(nn.Linear(4, 3)), tmp_path)
     adapted = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     inject(adapted, AdapterConfig(r=1, target_modules=["0"]))
-    with pytest.raises(ValueError, match="already has lorax_core adapters"):
+    with pytest.raises(ValueError, match="module '0' holding a lorax_core 'lora' adapter"):
         import_peft(adapted, tmp_path)
     with pytest.raises(FileNotFoundError, match=CONFIG_NAME):
         import_peft(nn.Sequential(nn.Linear(4, 3)), tmp_path / "nowhere")
@@ -185,3 +189,121 @@ def test_import_rejects_an_adapter_for_another_bert(base: nn.Module, tmp_path: P
     ):
         import_peft(other, tmp_path)
     assert not adapted_modules(other)
+
+
+def test_import_carries_peft_lora_dropout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.125, target_modules=["0", "1"])
+    peft_model = get_peft_model(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), config)
+    peft_model.save_pretrained(str(tmp_path))
+    ours = import_peft(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), tmp_path)
+    for name, layer in adapted_modules(ours).items():
+        theirs = peft_model.base_model.model.get_submodule(name).lora_dropout["default"]
+        assert isinstance(layer.lora_dropout, nn.Dropout)
+        assert layer.lora_dropout.p == theirs.p == config.lora_dropout
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["lora_dropout"] == 0.125
+    edited = json.loads((tmp_path / CONFIG_NAME).read_text())
+    edited["lora_dropout"] = 1.5
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"import_peft: adapter_config\.json field lora_dropout"):
+        import_peft(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), tmp_path)
+
+
+def test_adapters_twice_are_refused_naming_the_module(tmp_path: Path) -> None:
+    """A second injection or import into a model that holds adapters (ours or PEFT's) says so
+    and names the module, instead of failing on a shape or type mismatch."""
+    small_export(tmp_path)
+    once = import_peft(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), tmp_path)
+    before = {k: v.clone() for k, v in once.state_dict().items()}
+    with pytest.raises(ValueError, match=r"module '0' holding a lorax_core 'lora' adapter; import"):
+        import_peft(once, tmp_path)
+    with pytest.raises(ValueError, match=r"inject: .*module '0' holding a lorax_core 'lora'"):
+        inject(once, AdapterConfig(r=1, target_modules=["0"]))
+    assert once.state_dict().keys() == before.keys()
+    assert all(torch.equal(once.state_dict()[k], v) for k, v in before.items())
+    peft_model = get_peft_model(
+        nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), LoraConfig(r=2, target_modules=["0"])
+    )
+    with pytest.raises(
+        ValueError, match=r"'base_model\.model\.0' holding a PEFT .*merge_and_unload"
+    ):
+        import_peft(peft_model, tmp_path)
+    with pytest.raises(ValueError, match=r"holding a PEFT Linear adapter"):
+        inject(peft_model.base_model.model, AdapterConfig(r=1, target_modules=["1"]))
+
+
+def test_import_refuses_non_float_and_non_finite_weights(tmp_path: Path) -> None:
+    small_export(tmp_path)
+    tensors = load_file(str(tmp_path / WEIGHTS_NAME))
+    key = f"{PREFIX}0.lora_A.weight"
+    for value, error, message in [
+        (tensors[key].to(torch.int32), TypeError, "must be floating point, got int32"),
+        (tensors[key] * float("nan"), ValueError, "must be finite"),
+    ]:
+        save_file({**tensors, key: value}, str(tmp_path / WEIGHTS_NAME))
+        fresh = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        with pytest.raises(error, match=message):
+            import_peft(fresh, tmp_path)
+        assert not adapted_modules(fresh)
+
+
+def test_bad_directory_arguments_are_named(tmp_path: Path) -> None:
+    model = small_export(tmp_path)
+    for call in (
+        lambda d: import_peft(nn.Sequential(nn.Linear(4, 3)), d),
+        lambda d: export_peft(model, d),
+        lambda d: save_adapter(model, d),
+        lambda d: load_adapter(nn.Sequential(nn.Linear(4, 3)), d),
+    ):
+        with pytest.raises(TypeError, match=r"directory must be a path \(str or os\.PathLike\)"):
+            call(5)
+        with pytest.raises(ValueError, match="directory must be a non-empty text path without NUL"):
+            call(str(tmp_path / "a\0b"))
+
+
+# -- corrupt folders (property) -----------------------------------------------------------------
+
+PEFT_NAMES = (CONFIG_NAME, WEIGHTS_NAME)
+
+
+def _peft_source() -> tuple[Any, bytes]:
+    """A PEFT-written LoRA folder (PEFT's own config fields) of a small model."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["0", "1"])
+    peft_model = get_peft_model(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape))
+    with tempfile.TemporaryDirectory() as folder:
+        peft_model.save_pretrained(folder)
+        document = json.loads((Path(folder) / CONFIG_NAME).read_text())
+        return document, (Path(folder) / WEIGHTS_NAME).read_bytes()
+
+
+PEFT_SOURCE = _peft_source()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(data=st.data())
+def test_corrupt_peft_folder_imports_exactly_or_is_refused_unchanged(data: st.DataObject) -> None:
+    """Import a corrupted PEFT folder: either every file tensor lands bit-exactly (in the
+    adapter's dtype), or ValueError / TypeError and the model is unchanged."""
+    config, weights = data.draw(fuzz.folder_edit(*PEFT_SOURCE, checksum_key=None))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    before = fuzz.snapshot(model)
+    with tempfile.TemporaryDirectory() as folder:
+        fuzz.write_folder(Path(folder), PEFT_NAMES, config, weights)
+        try:
+            import_peft(model, folder)
+        except (ValueError, TypeError):
+            assert fuzz.same_state(model, before)
+            assert not adapted_modules(model)
+            return
+    params = dict(model.named_parameters())
+    for key, value in load(weights).items():
+        name = key.removeprefix(PREFIX).replace(".weight", "")
+        assert torch.equal(params[name], value.to(params[name].dtype)), key

@@ -44,6 +44,7 @@ from torch import nn
 from lorax_core._atomic import atomic_folder
 from lorax_core._validation import Instance, Options, validate_params
 from lorax_core.adapters.inject import adapted_modules
+from lorax_core.adapters.io import check_directory
 from lorax_core.adapters.layer import AdapterLinear
 from lorax_core.adapters.registry import form_of
 from lorax_core.integrations.peft.format import (
@@ -207,7 +208,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
         "lorax_core.mode": mode,
         "lorax_core.modules": json.dumps(described, sort_keys=True),
     }
-    out = Path(directory)
+    out = check_directory("export_peft", directory)
     if out.exists() and not out.is_dir():
         raise ValueError(f"export_peft: directory must be a directory, got file {str(out)!r}")
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
