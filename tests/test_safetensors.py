@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
@@ -151,3 +151,67 @@ def test_files(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", 2**63) + b"{}")
     with pytest.raises(ValueError, match=f"^{path}: header length"):
         read_header(path)
+
+
+def tiles_the_data(header: object, data: bytes) -> None:
+    """The accepted header's byte ranges cover the data section exactly, each of its size."""
+    ranges = sorted(info.data_offsets for info in header.tensors.values())  # type: ignore[attr-defined]
+    position = 0
+    for start, end in ranges:
+        assert start == position <= end
+        position = end
+    assert position == header.data_size == len(data) - header.data_start  # type: ignore[attr-defined]
+    for info in header.tensors.values():  # type: ignore[attr-defined]
+        start, end = info.data_offsets
+        assert end - start == DTYPE_SIZES[info.dtype] * int(np.prod(info.shape, dtype=object))
+
+
+@given(data=st.binary(max_size=300))
+@settings(max_examples=200)
+def test_arbitrary_bytes_are_rejected_or_tile_the_data(data: bytes) -> None:
+    for content in (data, struct.pack("<Q", len(data)) + data):
+        try:
+            header = parse_header(content, "mem")
+        except ValueError as err:
+            assert str(err).startswith("mem: ") and "\n" not in str(err)
+        else:
+            tiles_the_data(header, content)
+
+
+_ENTRY_VALUES = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.sampled_from(["F32", "BOOL", "x", "", None, True]),
+    st.lists(st.integers(-2, 2**64), max_size=3),
+    st.lists(st.floats(0, 50), max_size=2),
+)
+
+
+@given(
+    which=st.integers(0, 100),
+    field=st.sampled_from(["dtype", "shape", "data_offsets", "more"]),
+    value=_ENTRY_VALUES,
+    length_delta=st.integers(-3, 3),
+)
+@settings(max_examples=200)
+def test_structured_corruptions_are_rejected_or_tile_the_data(  # type: ignore[no-untyped-def]
+    which, field, value, length_delta, valid
+) -> None:
+    (n,) = struct.unpack("<Q", valid[:8])
+    header = json.loads(valid[8 : 8 + n])
+    names = sorted(header)
+    entry = header[names[which % len(names)]]
+    if isinstance(entry, dict):
+        entry[field] = value
+    encoded = json.dumps(header).encode()
+    content = struct.pack("<Q", max(0, len(encoded) + length_delta)) + encoded + valid[8 + n :]
+    try:
+        parsed = parse_header(content, "mem")
+    except ValueError as err:
+        assert str(err).startswith("mem: ") and "\n" not in str(err)
+    else:
+        tiles_the_data(parsed, content)
+        loaded = st_load(content)  # and the library reads every tensor it names
+        assert {k: v.shape for k, v in loaded.items()} == {
+            k: info.shape for k, info in parsed.tensors.items()
+        }
