@@ -4,6 +4,7 @@ same method."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -222,3 +223,33 @@ def test_low_precision_model(pristine: nn.Module, batch) -> None:  # type: ignor
     torch.testing.assert_close(out, hidden(base, batch), rtol=0, atol=0)
     out.float().square().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "dtype", "error", "message"),
+    [
+        ({"r": 10**30}, torch.float32, ValueError, r"module '0' \(Linear \(3, 4\) float32\): Lora"),
+        ({"r": 2, "rank_pattern": {"2": 2**63}}, torch.float32, ValueError, r"module '2' .*r must"),
+        ({"method": "svd", "r": 2, "r_max": 2**64}, torch.float32, ValueError, "r_max must be"),
+        ({"r": 1, "init": "pissa", "init_options": {"niter": 10**20}}, None, ValueError, "niter"),
+        ({"r": 1}, torch.complex64, TypeError, "base_layer weight must have dtype .* complex64"),
+        ({"r": 1}, torch.int64, TypeError, "base_layer weight must have dtype .* int64"),
+        ({"r": 1}, torch.bool, TypeError, "base_layer weight must have dtype .* bool"),
+    ],
+)
+def test_inputs_torch_would_choke_on_are_refused_first(
+    kwargs: dict[str, Any], dtype: torch.dtype | None, error: type, message: str
+) -> None:
+    """Huge ints and non-float base layers never reach torch (no OverflowError, no
+    'unsupported ScalarType'): a ValueError/TypeError names the argument and the module, and
+    the model is unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    if dtype is not None:
+        for layer in (model[0], model[2]):
+            layer.weight = nn.Parameter(layer.weight.detach().to(dtype), requires_grad=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        inject(model, AdapterConfig(target_modules=["0", "2"], **kwargs))
+    assert not adapted_modules(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())

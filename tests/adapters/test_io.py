@@ -345,3 +345,25 @@ def test_corrupt_folder_loads_exactly_or_is_refused_unchanged(
     state = model.state_dict()
     for key, value in stored.items():
         assert torch.equal(state[key], value), key
+
+
+def test_save_errors_name_the_users_path(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model = _small_adapted(seed=1)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OSError) as info:
+        save_adapter(model, blocker / "adapter")
+    assert info.value.filename == str(blocker / "adapter")
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    save_adapter(model, tmp_path / "adapter")
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left") as info:
+        save_adapter(_small_adapted(seed=2), tmp_path / "adapter")
+    monkeypatch.undo()
+    assert info.value.filename == str(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "adapter"]  # no temporaries
+    loaded = load_adapter(_small_model(), tmp_path / "adapter")
+    assert _equal_states(_adapter_state(loaded), _adapter_state(model))  # the old save is intact

@@ -119,15 +119,27 @@ def build_layer(config: AdapterConfig, name: str, module: nn.Linear) -> AdapterL
     r, alpha = config.rank_for(name), config.alpha_for(name)
     generator = torch.Generator().manual_seed(config.module_seed(name))
     form = get_form(config.method)
-    return form.layer(
-        module,
-        r,
-        alpha,
-        dropout=config.dropout,
-        use_rslora=config.use_rslora,
-        autocast_adapter_dtype=config.autocast_adapter_dtype,
-        generator=generator,
-        **{option: getattr(config, option) for option in form.options},
+    try:
+        return form.layer(
+            module,
+            r,
+            alpha,
+            dropout=config.dropout,
+            use_rslora=config.use_rslora,
+            autocast_adapter_dtype=config.autocast_adapter_dtype,
+            generator=generator,
+            **{option: getattr(config, option) for option in form.options},
+        )
+    except (TypeError, ValueError) as err:  # say which module the config does not fit
+        raise type(err)(f"inject: module {name!r} ({_shape(module)}): {err}") from err
+
+
+def _shape(module: nn.Module) -> str:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return type(module).__name__
+    return (
+        f"{type(module).__name__} {tuple(weight.shape)} {str(weight.dtype).removeprefix('torch.')}"
     )
 
 
