@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorax_core.gelora import plan_ranks
+from lorax_core.gelora import RankPlan, plan_ranks
 from lorax_core.gelora.modules import block_of
 from lorax_core.gelora.rule import block_ranks, budget_parameters, id_increases, solve_c
 
@@ -136,3 +136,17 @@ def test_budget_parameters() -> None:
     assert budget_parameters(None, [3, 4]) is None
     assert budget_parameters(100, [3, 4]) == 100
     assert budget_parameters("uniform:8", [3, 4]) == 56
+
+
+def test_overflowing_growth_is_clamped_or_refused() -> None:
+
+    # c · Δd overflows to inf: rank_max is the clamp's answer; without one it is an error
+    assert block_ranks([1e308, 2.0], 20.0, 1, 1, 7) == [7, 7]
+    assert block_ranks([float("inf"), 2.0], 0.0, 1, 1, None) == [1, 1]  # c = 0 grows nothing
+    with pytest.raises(ValueError, match=r"rank of block 1 is unbounded: .* no rank_max"):
+        block_ranks([1e308], 20.0, 1, 1, None)
+    with pytest.raises(ValueError, match="unbounded"):
+        plan_ranks([0.0, 1e308], None, None, c=20.0)
+    assert plan_ranks([-1e308, 1e308], None, None, c=0.0).layers[1].rank == 1
+    plan = plan_ranks([-1e308, 1e308], {"a.0.q": (2, 2)}, None, budget=100, rank_max=4)
+    assert plan.layers[1].rank == 4 and RankPlan.from_dict(plan.to_dict()) == plan

@@ -194,7 +194,18 @@ def _nudges(value: object) -> st.SearchStrategy[object]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return json_values
     return st.sampled_from(
-        [value + 1, value - 1, -value, 2 * value, 0, value + 0.5, float("nan"), float("inf")]
+        [
+            value + 1,
+            value - 1,
+            -value,
+            2 * value,
+            0,
+            value + 0.5,
+            float("nan"),
+            float("inf"),
+            1e308,
+            -1e308,
+        ]
     )
 
 

@@ -65,10 +65,24 @@ def id_increases(dimensions: Sequence[float]) -> list[float]:
 def block_ranks(
     increases: Sequence[float], c: float, offset: int, rank_min: int, rank_max: int | None
 ) -> list[int]:
-    """The rule's r_1 … r_L from the ID increases of blocks 1 … L (see the module docstring)."""
+    """The rule's r_1 … r_L from the ID increases of blocks 1 … L (see the module docstring).
+
+    Raises:
+        ValueError: ``c · Δd`` overflows to infinity for a block and there is no ``rank_max``
+            (with one, that block's rank is ``rank_max``).
+    """
     ranks = []
-    for delta in increases:
-        r = max(math.ceil(c * delta) + offset, rank_min)
+    for i, delta in enumerate(increases, 1):
+        grown = c * delta if c else 0.0  # an overflowed Δd = inf still grows nothing at c = 0
+        if math.isinf(grown):
+            if rank_max is None:
+                raise ValueError(
+                    f"the rank of block {i} is unbounded: c · Δd = {c!r} · {delta!r} overflows "
+                    "and there is no rank_max"
+                )
+            ranks.append(rank_max)
+            continue
+        r = max(math.ceil(grown) + offset, rank_min)
         ranks.append(r if rank_max is None else min(r, rank_max))
     return ranks
 

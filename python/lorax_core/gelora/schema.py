@@ -232,7 +232,10 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
                 raise _fault(where, f"{at}ci", _CI.rule, ci)
             ci = (lo, hi)
         entries.append((dimension, ci))
-    ranks = block_ranks(id_increases([d for d, _ in entries]), c, offset, rank_min, rank_max)
+    try:
+        ranks = block_ranks(id_increases([d for d, _ in entries]), c, offset, rank_min, rank_max)
+    except ValueError as err:
+        raise _fault(where, "rule.c", f"small enough for finite ranks ({err})", c) from None
     layers: list[LayerProfile] = []
     for i, (dimension, ci) in enumerate(entries):
         at, item = f"layers[{i}].", layers_doc[i]
