@@ -60,6 +60,12 @@ from tests.adapters.reference import VOCAB
             "r_max must be an int >= 12, got 10",
         ),
         ({"init_options": [1]}, TypeError, "init_options must be None or a dict"),
+        (
+            {"init_options": {"seed": 1}},
+            ValueError,
+            "init_options keys must be option names .* 'seed'",
+        ),
+        ({"init_options": {1: 2}}, ValueError, "init_options keys must be option names .*, got 1"),
         ({"seed": -1}, ValueError, "AdapterConfig: seed must be an int >= 0, got -1"),
     ],
 )

@@ -160,6 +160,12 @@ class AdapterConfig:
         check(_NAME, "init_options", self.init_options, NoneValue(), Instance(Mapping, "a dict"))
         if self.init_options is not None:
             self.init_options = dict(self.init_options)
+            for key in self.init_options:
+                if not isinstance(key, str) or not key.isidentifier() or key == "seed":
+                    raise ValueError(
+                        f"{_NAME}: init_options keys must be option names of the initialiser "
+                        f"(the seed is the seed field), got {describe(key)}"
+                    )
         self.seed = check(_NAME, "seed", self.seed, Integer(low=0))
 
     def _check_form_options(self, accepted: tuple[str, ...]) -> None:
