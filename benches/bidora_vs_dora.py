@@ -47,6 +47,8 @@ from lorax_core.training import BiDoRATrainer  # noqa: E402
 from lorax_core.training.bidora import ADAM_EPS, BETAS  # noqa: E402
 from lorax_core.training.schedule import BatchStream, collate, linear_warmup_decay  # noqa: E402
 
+METHODS = ("dora", "bidora", "bidora_phase2")
+
 
 class MeanPoolClassifier(nn.Module):
     """MiniLM encoder → mean over non-padding tokens → linear head (``n_classes`` logits)."""
@@ -140,7 +142,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(args.seed)
     step_times: list[float] = []
     with PeakRSS() as peak:
-        if args.method == "bidora":
+        if args.method in ("bidora", "bidora_phase2"):
             trainer = BiDoRATrainer(
                 model,
                 loss_fn,
@@ -152,6 +154,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                 arch_lr=args.arch_lr,
                 head=model.head,
                 warmup_fraction=args.warmup_fraction,
+                retrain_steps=args.retrain_steps if args.method == "bidora_phase2" else 0,
             )
             trainer.start(args.steps)
             model.train()
@@ -159,7 +162,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 trainer.bilevel_step()
                 step_times.append(time.perf_counter() - t0)
+            trainer.train(args.steps, progress=False)  # phase 2, if any
             losses = {"train": trainer.history["train_loss"], "val": trainer.history["val_loss"]}
+            losses["retrain"] = trainer.history["retrain_loss"]
             split = trainer.split.to_dict()
             split_info = {"fingerprint": split["fingerprint"], "n_train": len(split["train"])}
             split_info["n_val"] = len(split["val"])
@@ -232,6 +237,8 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, info: dic
             "val_fraction": args.val_fraction,
             "optimizer": f"AdamW betas={BETAS} eps={ADAM_EPS} weight_decay=0",
             "bidora": "finite_difference hypergradient, eta=1, reg_direction=1e-5, no phase 2",
+            "bidora_phase2": f"bidora, then {args.retrain_steps} phase-2 steps on the whole pool "
+            "(directions and head reset, magnitudes fixed); only bilevel steps are timed",
             "dora": "A, B, m and head on the whole pool, no regulariser",
             "seeds": args.seeds,
             "threads": args.threads,
@@ -260,7 +267,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["dora", "bidora"])
     parser.add_argument("--out-dir", type=Path, default=HERE / "results" / "bidora_vs_dora")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bidora_vs_dora.json")
-    parser.add_argument("--method", choices=["dora", "bidora"], help=argparse.SUPPRESS)
+    parser.add_argument("--retrain-steps", type=int, default=25, help="phase 2 of bidora_phase2")
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method is not None:  # one run, in its own process

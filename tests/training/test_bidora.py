@@ -378,3 +378,13 @@ def test_resume_from_another_configuration_or_model():
         resumed = _trainer(tiny_model())
         resumed.load_state_dict(state)
         resumed.train(5, progress=False)
+
+
+def test_train_after_manual_bilevel_steps_runs_phase_two():
+    trainer = _trainer(tiny_model(11), retrain_steps=2)
+    trainer.start(3)
+    for _ in range(3):
+        trainer.bilevel_step()
+    history = trainer.train(3, progress=False)
+    assert len(history["train_loss"]) == 3 and len(history["retrain_loss"]) == 2
+    assert trainer.phase == "done"

@@ -656,6 +656,8 @@ class BiDoRATrainer:
                 )
                 if on_step is not None:
                     on_step(self)
+            if self.phase == "bilevel":  # reached by bilevel_step() calls made outside train()
+                self.phase = "retrain" if retrain > 0 else "done"
             while self.phase == "retrain" and self.retrain_count < retrain:
                 self.retrain_step()
                 if self.retrain_count == retrain:
