@@ -9,6 +9,7 @@ one save runs to completion.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -218,3 +219,31 @@ def test_folder_rejects_a_file_and_bad_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"file names must be plain names, got '\.\./a'"):
         atomic_folder(tmp_path / "d", {"../a": b"1"})
     assert json.loads(json.dumps(sorted(p.name for p in tmp_path.iterdir()))) == ["f"]
+
+
+def test_without_an_atomic_exchange_the_folder_is_swapped_by_two_renames(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    def unsupported(a: Path, b: Path) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(_atomic, "_exchange", unsupported)
+    folder = tmp_path / "pair"
+    atomic_folder(folder, {"a": b"1", "b": b"2"})
+    (folder / "notes").write_text("kept")
+    atomic_folder(folder, {"a": b"3", "b": b"4"})
+    assert _contents(folder) == {"a": b"3", "b": b"4", "notes": b"kept"}
+    real_rename, calls = os.rename, []
+
+    def second_rename_fails(src: str, dst: str) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="I/O error"):
+        atomic_folder(folder, {"a": b"5", "b": b"6"})
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert _contents(folder) == {"a": b"3", "b": b"4", "notes": b"kept"}  # the old one is back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair"]
