@@ -183,7 +183,7 @@ class BiDoRATransformersTrainer(Trainer):
         world = max(1, int(args.world_size))
         global_batch = args.per_device_train_batch_size * world
         self.split: DataSplit = split_indices(
-            len(train_dataset), val_fraction, int(args.seed), min_size=global_batch
+            len(train_dataset), val_fraction, int(args.seed), min_size=global_batch, function=fn
         )
         self.full_dataset = train_dataset
         self.val_dataset = torch.utils.data.Subset(train_dataset, list(self.split.val))

@@ -481,7 +481,7 @@ class BiDoRATrainer:
         self.dataset = train_dataset
         self.collate_fn = collate_fn
         self.split: DataSplit = split_indices(
-            len(train_dataset), val_fraction, seed, min_size=self.config["batch_size"]
+            len(train_dataset), val_fraction, seed, min_size=self.config["batch_size"], function=fn
         )
         self.config["head"] = (
             None if self.head is None else [n for n, _ in self.head.named_parameters()]

@@ -49,7 +49,9 @@ class DataSplit:
         }
 
 
-def split_indices(n: int, val_fraction: float, seed: int, *, min_size: int = 1) -> DataSplit:
+def split_indices(
+    n: int, val_fraction: float, seed: int, *, min_size: int = 1, function: str = "split_indices"
+) -> DataSplit:
     """Split ``range(n)`` into D_tr / D_val with ``round(n · val_fraction)`` held out.
 
     The permutation is ``torch.randperm(n)`` from a CPU generator seeded with ``seed`` (the same
@@ -60,11 +62,12 @@ def split_indices(n: int, val_fraction: float, seed: int, *, min_size: int = 1) 
         val_fraction: fraction held out for D_val, in (0, 1).
         seed: non-negative seed.
         min_size: each part must hold at least this many examples (e.g. one batch).
+        function: the public name the caller's errors speak of.
 
     Raises:
         ValueError: ``val_fraction`` outside (0, 1); a part smaller than ``min_size``.
     """
-    fn = "split_indices"
+    fn = function
     n = check(fn, "n", n, Integer(low=0))
     val_fraction = check(fn, "val_fraction", val_fraction, Real(0.0, 1.0, closed="neither"))
     seed = check(fn, "seed", seed, Integer(low=0))
