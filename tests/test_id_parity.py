@@ -11,19 +11,13 @@ from sklearn.datasets import load_digits, make_swiss_roll
 from sklearn.neighbors import NearestNeighbors
 
 from lorax_core import id as lid
+from lorax_core.synthetic import embedded_gaussian
 
 N = 1500
 
 
-def _embedded_gaussian(d: int, D: int = 768, seed: int = 0) -> np.ndarray:
-    """N Gaussian points of intrinsic dimension d, linearly embedded in R^D."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((D, d)))
-    return rng.standard_normal((N, d)) @ basis.T
-
-
 def _datasets() -> dict[str, np.ndarray]:
-    sets = {f"gauss{d}_in_768": _embedded_gaussian(d, seed=d) for d in (5, 10, 20)}
+    sets = {f"gauss{d}_in_768": embedded_gaussian(N, d, 768, seed=d) for d in (5, 10, 20)}
     sets["hypersphere_S5"] = skdim.datasets.hyperSphere(N, 6, random_state=0)
     sets["swiss_roll"] = make_swiss_roll(N, noise=0.0, random_state=0)[0]
     sets["digits"] = load_digits().data  # real: 1,797 8x8 images, no duplicate rows

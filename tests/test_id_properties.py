@@ -7,17 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lorax_core import id as lid
-
-
-def _subspace(seed: int, n: int, d: int, D: int) -> np.ndarray:
-    """n Gaussian points spanning a random d-dim linear subspace of R^D (float64)."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((D, d)))
-    return rng.standard_normal((n, d)) @ basis.T
-
+from lorax_core.synthetic import embedded_gaussian
 
 data = st.builds(
-    _subspace,
+    embedded_gaussian,
     seed=st.integers(0, 2**31 - 1),
     n=st.integers(150, 500),
     d=st.integers(1, 6),

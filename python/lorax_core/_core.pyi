@@ -1,15 +1,26 @@
 """Type stubs of the Rust extension module ``lorax_core._core``.
 
-Checked against the compiled module by ``python -m mypy.stubtest lorax_core._core``.
+Checked against the compiled module by ``python -m mypy.stubtest lorax_core._core``. Results
+cross the boundary as small classes with named fields; integer arguments that are negative or
+too large raise ``ValueError`` naming the argument, non-integers ``TypeError``.
 """
 
-from typing import final
+from collections.abc import Iterator
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "Allocation",
+    "EstimateOptions",
+    "IdEstimate",
+    "MleOptions",
+    "ModulePlan",
+    "Neighbours",
+    "NystromFactors",
     "RankAllocator",
+    "TwoNNOptions",
     "__version__",
     "adalora_budget",
     "elalora_budget",
@@ -21,42 +32,86 @@ __all__ = [
 
 __version__: str
 
+_Float2D = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
 # --- intrinsic dimension (rust/py/src/id.rs) ---
 
-_Float2D = npt.NDArray[np.float32] | npt.NDArray[np.float64]
-_IdTuple = tuple[float, tuple[float, float] | None, int, int, list[tuple[int, float]] | None]
+@final
+class TwoNNOptions:
+    def __new__(cls, discard_fraction: float = 0.1, method: str = "ls") -> TwoNNOptions: ...
+    @property
+    def discard_fraction(self) -> float: ...
+    @property
+    def method(self) -> str: ...
 
-def knn(x: _Float2D, k: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]: ...
+@final
+class MleOptions:
+    def __new__(cls, k: int = 20, comb: str = "mle", unbiased: bool = False) -> MleOptions: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def comb(self) -> str: ...
+    @property
+    def unbiased(self) -> bool: ...
+
+@final
+class EstimateOptions:
+    def __new__(
+        cls, bootstrap: int = 0, seed: int = 0, scales: bool = False, duplicate_tol: float = 1e-07
+    ) -> EstimateOptions: ...
+    @property
+    def bootstrap(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def scales(self) -> bool: ...
+    @property
+    def duplicate_tol(self) -> float: ...
+
+@final
+class IdEstimate:
+    @property
+    def dimension(self) -> float: ...
+    @property
+    def ci(self) -> tuple[float, float] | None: ...
+    @property
+    def n_samples(self) -> int: ...
+    @property
+    def n_duplicates(self) -> int: ...
+    @property
+    def scales(self) -> list[tuple[int, float]] | None: ...
+
+@final
+class Neighbours:
+    @property
+    def distances(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def indices(self) -> npt.NDArray[np.int64]: ...
+
+def knn(x: _Float2D, k: int) -> Neighbours: ...
 def estimate_id(
-    x: _Float2D,
-    estimator: str,
-    *,
-    k: int,
-    discard_fraction: float,
-    method: str,
-    comb: str,
-    unbiased: bool,
-    bootstrap: int,
-    seed: int,
-    scales: bool,
-    duplicate_tol: float,
-) -> _IdTuple: ...
+    x: _Float2D, estimator: TwoNNOptions | MleOptions, options: EstimateOptions | None = None
+) -> IdEstimate: ...
 def estimate_id_many(
     xs: list[_Float2D],
-    estimator: str,
-    *,
-    k: int,
-    discard_fraction: float,
-    method: str,
-    comb: str,
-    unbiased: bool,
-    bootstrap: int,
-    seed: int,
-    scales: bool,
-    duplicate_tol: float,
-) -> list[_IdTuple]: ...
+    estimator: TwoNNOptions | MleOptions,
+    options: EstimateOptions | None = None,
+) -> list[IdEstimate]: ...
 
 # --- Nyström sketch (rust/py/src/nystrom.rs) ---
+
+@final
+class NystromFactors:
+    """``B`` (m, r), ``N`` (r, r), ``A`` (r, n) in the input's dtype; unpacks as ``B, N, A``."""
+
+    @property
+    def B(self) -> npt.NDArray[Any]: ...  # noqa: N802
+    @property
+    def N(self) -> npt.NDArray[Any]: ...  # noqa: N802
+    @property
+    def A(self) -> npt.NDArray[Any]: ...  # noqa: N802
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[npt.NDArray[Any]]: ...
 
 def nystrom(
     w: _Float2D,
@@ -66,12 +121,28 @@ def nystrom(
     power_iters: int = 1,
     seed: int = 0,
     rcond: float | None = None,
-) -> (
-    tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
-    | tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-): ...
+) -> NystromFactors: ...
 
 # --- rank allocator: AdaLoRA / ElaLoRA (rust/py/src/allocator.rs) ---
+
+@final
+class ModulePlan:
+    def __new__(cls, perm: list[int], n_keep: int, new_rank: int, seed: int) -> ModulePlan: ...
+    @property
+    def perm(self) -> list[int]: ...
+    @property
+    def n_keep(self) -> int: ...
+    @property
+    def new_rank(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+@final
+class Allocation:
+    @property
+    def step(self) -> int: ...
+    @property
+    def ranks(self) -> list[int]: ...
 
 @final
 class RankAllocator:
@@ -114,10 +185,8 @@ class RankAllocator:
     def budget(self, t: int) -> int: ...
     def updates_scores(self, t: int) -> bool: ...
     def is_allocation_step(self, t: int) -> bool: ...
-    def allocate(
-        self, t: int, scores: list[list[float]]
-    ) -> list[tuple[list[int], int, int, int]]: ...
-    def history(self) -> list[tuple[int, list[int]]]: ...
+    def allocate(self, t: int, scores: list[list[float]]) -> list[ModulePlan]: ...
+    def history(self) -> list[Allocation]: ...
     def last_scores(self) -> list[list[float]]: ...
 
 def adalora_budget(

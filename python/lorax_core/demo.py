@@ -14,17 +14,17 @@ import numpy as np
 from sklearn.datasets import load_digits, make_swiss_roll
 
 from lorax_core import id as lid
+from lorax_core.synthetic import embedded_gaussian
 
 
 def datasets(n: int = 5000, seed: int = 0) -> dict[str, tuple[np.ndarray, str]]:
     """Name → (points ``(n_samples, n_features)``, true dimension or "?")."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((768, 10)))
+    rng = np.random.default_rng(seed + 1)
     sphere = rng.standard_normal((n, 6))
     sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
     return {
         "digits (real, 1797x64)": (load_digits().data, "?"),
-        "gaussian ID 10 in R^768": ((rng.standard_normal((n, 10)) @ basis.T), "10"),
+        "gaussian ID 10 in R^768": (embedded_gaussian(n, 10, 768, seed=seed), "10"),
         "5-sphere in R^6": (sphere, "5"),
         "swiss roll in R^3": (make_swiss_roll(n, random_state=seed)[0], "2"),
     }

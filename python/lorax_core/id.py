@@ -8,8 +8,8 @@ Drop-in for scikit-dimension users: ``lorax_core.id.TwoNN().fit(X).dimension_`` 
 read without copying), any other real numpy dtype (converted once to float64), or a torch
 tensor (moved to CPU, read through numpy; float16/bfloat16 widened to float32).
 
-Duplicates (SPEC §3): exact copies are removed first (one kept), then points whose float64
-distance to a neighbour is ``<= duplicate_tol × RMS norm`` of the centred data;
+Duplicates (docs/intrinsic-dimension.md): exact copies are removed first (one kept), then points
+whose float64 distance to a neighbour is ``<= duplicate_tol × RMS norm`` of the centred data;
 ``n_duplicates_`` counts the removed points. Bootstrap intervals resample the per-point
 statistics (``r2/r1`` for TwoNN, ``1/m_i`` for MLE) with replacement and refit; ``scales``
 re-estimates on nested random halves ``N, N/2, N/4, …`` (down to 16 points, or ``k + 2``).
@@ -20,15 +20,18 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import validate_data
 
 from lorax_core import _core
+from lorax_core._validation import Bool, Constraint, Integer, Options, Real, check, check_options
 
 __all__ = ["MLE", "IDResult", "TwoNN", "estimate_layers", "mle", "nearest_neighbors", "twonn"]
 
@@ -53,13 +56,19 @@ class IDResult:
     n_duplicates: int
     scales: list[tuple[int, float]] | None
 
+    @classmethod
+    def of(cls, r: _core.IdEstimate) -> IDResult:
+        """The result of one Rust estimate."""
+        return cls(r.dimension, r.ci, r.n_samples, r.n_duplicates, r.scales)
+
 
 def as_points(X: object, name: str = "X") -> npt.NDArray[np.float32] | npt.NDArray[np.float64]:
     """Returns ``X`` as a float32/float64 numpy array without copying when it already is one.
 
-    Torch tensors go through ``.detach().cpu().numpy()``; integer and boolean arrays become
-    float64; layouts that are neither C- nor F-contiguous are made contiguous once. Raises
-    ``TypeError`` for object, string or complex data.
+    Torch tensors go through ``.detach().cpu().numpy()``; integer, boolean and object arrays of
+    numbers become float64, float16 becomes float32; layouts that are neither C- nor
+    F-contiguous are made contiguous once. Raises ``TypeError`` for string, complex or other
+    non-numeric data.
     """
     if isinstance(X, torch.Tensor):
         t = X.detach().cpu()
@@ -68,8 +77,12 @@ def as_points(X: object, name: str = "X") -> npt.NDArray[np.float32] | npt.NDArr
         if t.is_complex():
             raise TypeError(f"{name} must be real-valued, got a {t.dtype} tensor")
         X = t.numpy()
+    if sparse.issparse(X):
+        raise TypeError(f"{name} must be a dense array; sparse input is not supported")
     try:
         arr = np.asarray(X)
+        if arr.dtype.kind == "O":
+            arr = arr.astype(np.float64)
     except (ValueError, TypeError) as e:
         raise TypeError(f"{name} must be a numeric 2-D array: {e}") from e
     kind = arr.dtype.kind
@@ -88,39 +101,61 @@ def _seed(random_state: object) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int64).max))
 
 
-class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
-    """Shared fit logic; subclasses name their estimator and map their parameters."""
+# Parameters both estimators share, with their checks.
+_SHARED_CHECKS: dict[str, tuple[Constraint, ...]] = {
+    "bootstrap": (Integer(low=0),),
+    "scales": (Bool(),),
+    "duplicate_tol": (Real(low=0.0),),
+}
 
-    _name: str
+
+class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
+    """Shared fit logic (scikit-learn estimator API); subclasses declare their own settings."""
+
+    _checks: ClassVar[dict[str, tuple[Constraint, ...]]]
+
+    def __init__(
+        self,
+        bootstrap: int,
+        random_state: int | np.random.RandomState | None,
+        scales: bool,
+        duplicate_tol: float,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+        self.scales = scales
+        self.duplicate_tol = duplicate_tol
 
     @abc.abstractmethod
-    def _core_kwargs(self) -> dict[str, Any]:
-        """The estimator-specific keyword arguments of ``_core.estimate_id``."""
+    def _settings(self) -> _core.TwoNNOptions | _core.MleOptions:
+        """The estimator's own settings for the Rust core (parameters already checked)."""
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "bootstrap": self.bootstrap,
-            "seed": _seed(self.random_state),
-            "scales": self.scales,
-            "duplicate_tol": self.duplicate_tol,
-        }
+    def _check_params(self) -> None:
+        """Checks every constructor parameter (``ValueError``/``TypeError`` naming it)."""
+        function = f"{type(self).__name__}.fit"
+        for name, constraints in {**self._checks, **_SHARED_CHECKS}.items():
+            check(function, name, getattr(self, name), *constraints)
 
-    def _result(self, X: object) -> IDResult:
-        dim, ci, n, dups, scales = _core.estimate_id(
-            as_points(X), self._name, **self._core_kwargs(), **self._options()
+    def _options(self) -> _core.EstimateOptions:
+        return _core.EstimateOptions(
+            bootstrap=self.bootstrap,
+            seed=_seed(self.random_state),
+            scales=self.scales,
+            duplicate_tol=self.duplicate_tol,
         )
-        return IDResult(dim, ci, n, dups, scales)
 
-    def fit(self, X: ArrayLike2D, y: object = None) -> _IDEstimator:
+    def fit(self, X: ArrayLike2D, y: object = None) -> Self:
         """Estimates the intrinsic dimension of the rows of ``X`` ``(n_samples, n_features)``.
 
-        Sets ``dimension_`` (float), ``n_duplicates_``, ``n_samples_``, ``ci_`` (when
-        ``bootstrap > 0``) and ``scales_`` (when ``scales=True``). Returns ``self``.
+        Sets ``dimension_`` (float), ``n_duplicates_``, ``n_samples_``, ``n_features_in_``,
+        ``ci_`` (when ``bootstrap > 0``) and ``scales_`` (when ``scales=True``). ``y`` is
+        ignored. Returns ``self``.
         """
-        self._set_fitted(self._result(X))
-        return self
-
-    def _set_fitted(self, r: IDResult) -> None:
+        self._check_params()
+        if isinstance(X, torch.Tensor):
+            X = as_points(X)
+        points = as_points(validate_data(self, X))
+        r = IDResult.of(_core.estimate_id(points, self._settings(), self._options()))
         self.dimension_ = r.dimension
         self.n_duplicates_ = r.n_duplicates
         self.n_samples_ = r.n_samples
@@ -128,6 +163,7 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
             self.ci_ = r.ci
         if r.scales is not None:
             self.scales_ = r.scales
+        return self
 
     def fit_transform(self, X: ArrayLike2D, y: object = None) -> float:
         """Fits and returns ``dimension_`` (as scikit-dimension's global estimators do)."""
@@ -143,7 +179,10 @@ class TwoNN(_IDEstimator):
     ``scales=True`` adds ``scales_``; ``random_state`` seeds both.
     """
 
-    _name = "twonn"
+    _checks: ClassVar[dict[str, tuple[Constraint, ...]]] = {
+        "discard_fraction": (Real(low=0.0, high=1.0, closed="left"),),
+        "method": (Options(("ls", "linear", "mle")),),
+    }
 
     def __init__(
         self,
@@ -154,21 +193,18 @@ class TwoNN(_IDEstimator):
         scales: bool = False,
         duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
     ) -> None:
+        super().__init__(bootstrap, random_state, scales, duplicate_tol)
         self.discard_fraction = discard_fraction
         self.method = method
-        self.bootstrap = bootstrap
-        self.random_state = random_state
-        self.scales = scales
-        self.duplicate_tol = duplicate_tol
 
-    def _core_kwargs(self) -> dict[str, Any]:
-        return {
-            "k": 2,
-            "discard_fraction": self.discard_fraction,
-            "method": self.method,
-            "comb": "mle",
-            "unbiased": False,
-        }
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.method != "mle":  # least squares needs F < 1 for every kept ratio
+            fraction = Real(low=0.0, high=1.0, closed="neither")
+            check("TwoNN.fit", "discard_fraction", self.discard_fraction, fraction)
+
+    def _settings(self) -> _core.TwoNNOptions:
+        return _core.TwoNNOptions(self.discard_fraction, self.method)
 
 
 class MLE(_IDEstimator):
@@ -179,7 +215,11 @@ class MLE(_IDEstimator):
     ``unbiased=True`` uses ``k - 2`` instead of ``k - 1``. Other parameters as :class:`TwoNN`.
     """
 
-    _name = "mle"
+    _checks: ClassVar[dict[str, tuple[Constraint, ...]]] = {
+        "k": (Integer(low=2),),
+        "comb": (Options(("mle", "mean", "median")),),
+        "unbiased": (Bool(),),
+    }
 
     def __init__(
         self,
@@ -191,31 +231,21 @@ class MLE(_IDEstimator):
         scales: bool = False,
         duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
     ) -> None:
+        super().__init__(bootstrap, random_state, scales, duplicate_tol)
         self.k = k
         self.comb = comb
         self.unbiased = unbiased
-        self.bootstrap = bootstrap
-        self.random_state = random_state
-        self.scales = scales
-        self.duplicate_tol = duplicate_tol
 
-    def _core_kwargs(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "discard_fraction": 0.1,
-            "method": "ls",
-            "comb": self.comb,
-            "unbiased": self.unbiased,
-        }
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.unbiased:  # the numerator is k - 2
+            check("MLE.fit", "k", self.k, Integer(low=3))
+
+    def _settings(self) -> _core.MleOptions:
+        return _core.MleOptions(self.k, self.comb, self.unbiased)
 
 
 _ESTIMATORS: dict[str, type[_IDEstimator]] = {"twonn": TwoNN, "mle": MLE}
-
-
-def _make(estimator: str, params: dict[str, Any]) -> _IDEstimator:
-    if estimator not in _ESTIMATORS:
-        raise ValueError(f"estimator must be 'twonn' or 'mle', got {estimator!r}")
-    return _ESTIMATORS[estimator](**params)
 
 
 def twonn(X: ArrayLike2D, **params: Any) -> float:
@@ -238,10 +268,12 @@ def estimate_layers(
     """
     if isinstance(arrays, (np.ndarray, torch.Tensor)) or not isinstance(arrays, Sequence):
         raise TypeError("arrays must be a sequence (list or tuple) of 2-D arrays, one per layer")
-    est = _make(estimator, params)
+    kind = _ESTIMATORS[check_options("estimate_layers", "estimator", estimator, _ESTIMATORS)]
+    est = kind(**params)
+    est._check_params()
     points = [as_points(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
-    results = _core.estimate_id_many(points, est._name, **est._core_kwargs(), **est._options())
-    return [IDResult(d, ci, n, dups, s) for d, ci, n, dups, s in results]
+    results = _core.estimate_id_many(points, est._settings(), est._options())
+    return [IDResult.of(r) for r in results]
 
 
 def nearest_neighbors(
@@ -252,4 +284,6 @@ def nearest_neighbors(
     Returns ``(distances, indices)``, both ``(n_samples, k)``: float64 Euclidean distances
     (ascending) and int64 row indices.
     """
-    return _core.knn(as_points(X), k)
+    k = check("nearest_neighbors", "k", k, Integer(low=1))
+    nn = _core.knn(as_points(X), k)
+    return nn.distances, nn.indices

@@ -1,4 +1,4 @@
-"""AdaLoRA (baseline): cubic total-rank budget, weakest ranks masked (SPEC §6).
+"""AdaLoRA (baseline): cubic total-rank budget, weakest ranks masked (docs/allocators.md).
 
 Differences from PEFT's ``RankAllocator`` **(ours)**: a masked rank leaves the active set (its
 slot moves past ``active_rank``, its ``E`` is zero), so adapter compute shrinks with the budget
@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from lorax_core._core import RankAllocator
-from lorax_core.allocators.base import RankAllocatorBase, svd_modules
+from lorax_core._validation import Integer, validate_params
+from lorax_core.allocators.base import (
+    SCHEDULE_CHECKS,
+    RankAllocatorBase,
+    module_lists,
+    svd_modules,
+)
 
 __all__ = ["AdaLoRA"]
 
@@ -35,6 +41,13 @@ class AdaLoRA(RankAllocatorBase):
         seed: seed of the allocator's RNG.
     """
 
+    @validate_params(
+        "AdaLoRA",
+        **SCHEDULE_CHECKS,
+        target_r=Integer(low=0),
+        delta_t=Integer(low=1),
+        min_rank=Integer(low=0),
+    )
     def __init__(
         self,
         model: nn.Module,
@@ -52,12 +65,8 @@ class AdaLoRA(RankAllocatorBase):
         seed: int = 0,
     ) -> None:
         modules = svd_modules(model)
-        if isinstance(target_r, bool) or not isinstance(target_r, int) or target_r < 0:
-            raise ValueError(f"target_r must be an int >= 0, got {target_r!r}")
         allocator = RankAllocator.adalora(
-            list(modules),
-            [m.active_rank for m in modules.values()],
-            [m.capacity for m in modules.values()],
+            *module_lists(modules),
             total_steps=total_steps,
             t_init=t_init,
             t_final=t_final,

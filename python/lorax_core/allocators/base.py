@@ -22,15 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorax_core._core import RankAllocator
+from lorax_core._core import ModulePlan, RankAllocator
+from lorax_core._validation import Integer, Real, check
 from lorax_core.adapters import SVDLinear, adapted_modules
 from lorax_core.allocators.distributed import broadcast_text, is_distributed, is_leader
 from lorax_core.allocators.scores import ImportanceScores
 from lorax_core.allocators.surgery import apply_plan_
 
-__all__ = ["RankAllocatorBase", "svd_modules"]
+__all__ = ["SCHEDULE_CHECKS", "RankAllocatorBase", "module_lists", "svd_modules"]
 
-_Plan = tuple[list[int], int, int, int]
+# Checks of the schedule arguments both allocators take (``validate_params`` keywords).
+SCHEDULE_CHECKS = {
+    "total_steps": Integer(low=1),
+    "t_init": Integer(low=0),
+    "t_final": Integer(low=0),
+    "seed": Integer(low=0),
+}
 
 
 def svd_modules(model: nn.Module) -> dict[str, SVDLinear]:
@@ -45,12 +52,13 @@ def svd_modules(model: nn.Module) -> dict[str, SVDLinear]:
     return found
 
 
-def _check_step(global_step: object) -> int:
-    if isinstance(global_step, bool) or not isinstance(global_step, int):
-        raise TypeError(f"global_step must be an int, got {type(global_step).__name__}")
-    if global_step < 0:
-        raise ValueError(f"global_step must be >= 0, got {global_step}")
-    return global_step
+def module_lists(modules: dict[str, SVDLinear]) -> tuple[list[str], list[int], list[int]]:
+    """``(names, active ranks, capacities)`` of ``modules``, as the Rust allocator takes them."""
+    return (
+        list(modules),
+        [m.active_rank for m in modules.values()],
+        [m.capacity for m in modules.values()],
+    )
 
 
 class RankAllocatorBase:
@@ -70,10 +78,8 @@ class RankAllocatorBase:
         beta2: float,
         gamma: float,
     ) -> None:
-        if not gamma >= 0.0:
-            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         self.modules = modules
-        self.gamma = float(gamma)
+        self.gamma = check(type(self).__name__, "gamma", gamma, Real(low=0.0))
         self.beta1 = beta1
         self.beta2 = beta2
         self.optimizer: torch.optim.Optimizer | None = None
@@ -104,7 +110,7 @@ class RankAllocatorBase:
         Updates the scores (while ``t < T - t_final``) and, on allocation steps, reallocates.
         Returns whether ranks were reallocated at this step.
         """
-        t = _check_step(global_step)
+        t = check(f"{type(self).__name__}.step", "global_step", global_step, Integer(low=0))
         if self.allocator_.updates_scores(t):
             self.scores_.update()
         if not self.allocator_.is_allocation_step(t):
@@ -115,14 +121,12 @@ class RankAllocatorBase:
                 "its state moves with the ranks"
             )
         plans = self._decide(t)
-        for (name, module), (perm, n_keep, new_rank, seed) in zip(
-            self.modules.items(), plans, strict=True
-        ):
-            apply_plan_(module, self.optimizer, perm, n_keep, new_rank, seed)
-            self.scores_.permute_(name, torch.tensor(perm, dtype=torch.long), n_keep)
+        for (name, module), plan in zip(self.modules.items(), plans, strict=True):
+            apply_plan_(module, self.optimizer, plan.perm, plan.n_keep, plan.new_rank, plan.seed)
+            self.scores_.permute_(name, torch.tensor(plan.perm, dtype=torch.long), plan.n_keep)
         return True
 
-    def _decide(self, t: int) -> list[_Plan]:
+    def _decide(self, t: int) -> list[ModulePlan]:
         """Rust decides on rank 0; under torch.distributed the decision and the allocator state
         are broadcast so that every replica applies the same plan and holds the same state."""
         if not is_distributed():
@@ -130,11 +134,13 @@ class RankAllocatorBase:
         message = None
         if is_leader():
             plans = self.allocator_.allocate(t, self.scores_.rank_scores_host())
-            message = json.dumps({"state": self.allocator_.to_json(), "plans": plans})
+            fields = ("perm", "n_keep", "new_rank", "seed")
+            described = [{f: getattr(p, f) for f in fields} for p in plans]
+            message = json.dumps({"state": self.allocator_.to_json(), "plans": described})
         received = json.loads(broadcast_text(message))
         if not is_leader():
             self.allocator_ = RankAllocator.from_json(received["state"])
-        return [(list(p), int(n), int(r), int(s)) for p, n, r, s in received["plans"]]
+        return [ModulePlan(**p) for p in received["plans"]]
 
     def orthogonal_regularizer(self) -> torch.Tensor:
         """``γ · mean`` over modules of ``‖A Aᵀ − I‖_F`` and ``‖Bᵀ B − I‖_F`` (active ranks).
@@ -163,7 +169,7 @@ class RankAllocatorBase:
     def history(self) -> list[tuple[int, dict[str, int]]]:
         """``(step, ranks)`` after every allocation so far."""
         names = list(self.modules)
-        return [(t, dict(zip(names, r, strict=True))) for t, r in self.allocator_.history()]
+        return [(a.step, dict(zip(names, a.ranks, strict=True))) for a in self.allocator_.history()]
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

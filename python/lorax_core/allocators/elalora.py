@@ -1,4 +1,4 @@
-"""ElaLoRA: ranks pruned and expanded during training from importance scores (SPEC §6).
+"""ElaLoRA: ranks pruned and expanded during training from importance scores (docs/allocators.md).
 
 Every ``interval`` steps after ``t_init`` (and before the last ``t_final`` steps), while
 ``b(t) = round(b (1 − p³)) > 0``: each module offers its ``min(k, r − 1)`` weakest ranks; the
@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from lorax_core._core import RankAllocator
-from lorax_core.allocators.base import RankAllocatorBase, svd_modules
+from lorax_core._validation import Integer, validate_params
+from lorax_core.allocators.base import (
+    SCHEDULE_CHECKS,
+    RankAllocatorBase,
+    module_lists,
+    svd_modules,
+)
 
 __all__ = ["ElaLoRA"]
 
@@ -41,6 +47,13 @@ class ElaLoRA(RankAllocatorBase):
         seed: seed of the RNG that draws new ranks.
     """
 
+    @validate_params(
+        "ElaLoRA",
+        **SCHEDULE_CHECKS,
+        interval=Integer(low=1),
+        b=Integer(low=0),
+        k=Integer(low=1),
+    )
     def __init__(
         self,
         model: nn.Module,
@@ -64,9 +77,7 @@ class ElaLoRA(RankAllocatorBase):
                 "(e.g. r_max = 2 * r)"
             )
         allocator = RankAllocator.elalora(
-            list(modules),
-            [m.active_rank for m in modules.values()],
-            [m.capacity for m in modules.values()],
+            *module_lists(modules),
             total_steps=total_steps,
             t_init=t_init,
             t_final=t_final,

@@ -1,4 +1,4 @@
-"""Device-side importance scores of SVD-form adapters (SPEC §6).
+"""Device-side importance scores of SVD-form adapters (docs/allocators.md).
 
 Per element of every adapter parameter ``p`` (``lora_A`` (capacity, in), ``lora_E`` (capacity,),
 ``lora_B`` (out, capacity)), once per optimizer step:
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from lorax_core._validation import Real, check
 from lorax_core.adapters import SVDLinear
 
 __all__ = ["ImportanceScores", "rank_scores", "update_importance_"]
@@ -69,12 +70,10 @@ class ImportanceScores:
     """
 
     def __init__(self, modules: Mapping[str, SVDLinear], beta1: float, beta2: float) -> None:
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        unit = Real(low=0.0, high=1.0, closed="neither")
         self.modules = dict(modules)
-        self.beta1 = float(beta1)
-        self.beta2 = float(beta2)
+        self.beta1 = check("ImportanceScores", "beta1", beta1, unit)
+        self.beta2 = check("ImportanceScores", "beta2", beta2, unit)
         self.ipt: dict[str, list[torch.Tensor]] = {}
         self.unc: dict[str, list[torch.Tensor]] = {}
         for name, module in self.modules.items():

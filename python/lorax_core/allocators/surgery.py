@@ -17,7 +17,8 @@ from lorax_core.allocators.scores import RANK_AXES, permute_rank_axis_
 
 __all__ = ["NEW_RANK_E", "apply_plan_", "orthonormal_complement"]
 
-# Upper bound of the singular value given to a new rank (SPEC §6): the output is unchanged.
+# Upper bound of the singular value given to a new rank (docs/allocators.md): the output is
+# unchanged.
 NEW_RANK_E = 1e-13
 
 

@@ -9,5 +9,7 @@ pub mod error;
 pub mod id;
 pub mod knn;
 pub mod nystrom;
+pub mod real;
 
-pub use error::{LoraxError, Result};
+pub use error::{Context, LoraxError, Result};
+pub use real::Real;

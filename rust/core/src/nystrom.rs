@@ -30,40 +30,11 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::error::{LoraxError, Result};
+pub use crate::real::Real;
 
-/// Floating-point element types the sketch accepts (`f32`, `f64`).
-pub trait Real: faer::traits::RealField + Copy + Send + Sync + 'static {
-    /// Name used in error messages.
-    const NAME: &'static str;
-    /// Machine epsilon.
-    const EPS: f64;
-    /// Widening conversion.
-    fn to_f64(self) -> f64;
-    /// Narrowing conversion (rounds to nearest).
-    fn from_f64(x: f64) -> Self;
-}
-
-impl Real for f32 {
-    const NAME: &'static str = "float32";
-    const EPS: f64 = f32::EPSILON as f64;
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Real for f64 {
-    const NAME: &'static str = "float64";
-    const EPS: f64 = f64::EPSILON;
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-}
+/// Most power steps: accuracy stops improving after a handful; this bound only keeps a typo
+/// from running for hours.
+pub const MAX_POWER_ITERS: usize = 64;
 
 /// Memory order of a borrowed dense matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +153,12 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
         return Err(LoraxError::invalid(format!(
             "rank must be in [1, min(out, in)] = [1, {}] for W of shape ({m}, {n}), got {r}",
             m.min(n)
+        )));
+    }
+    if opts.power_iters > MAX_POWER_ITERS {
+        return Err(LoraxError::invalid(format!(
+            "power_iters must be at most {MAX_POWER_ITERS}, got {}",
+            opts.power_iters
         )));
     }
     let rcond = opts.rcond.unwrap_or(T::EPS * m.max(n) as f64);

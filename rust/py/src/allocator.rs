@@ -1,29 +1,80 @@
 //! Bindings of the rank allocator (AdaLoRA masking, ElaLoRA prune-and-expand).
+//!
+//! Every integer argument goes through [`count`]; the core checks the rest with the same
+//! function that checks a state loaded by `from_json`.
 
 use lorax_core::allocator::{
-    self as core_alloc, AdaLoRAConfig, Allocator, ElaLoRAConfig, Method, Phases,
+    self as core_alloc, AdaLoRAConfig, Allocator, ElaLoRAConfig, Method, ModulePlan, Phases,
 };
 use pyo3::prelude::*;
 
-use crate::errors::{non_negative, to_py};
+use crate::errors::{counts, to_py, Count};
 
-/// One module's decision as returned to Python: `(perm, n_keep, new_rank, seed)`.
-type PyPlan = (Vec<usize>, usize, usize, u64);
-
-fn phases(total_steps: i64, t_init: i64, t_final: i64) -> PyResult<Phases> {
+fn phases(total_steps: Count, t_init: Count, t_final: Count) -> PyResult<Phases> {
     Phases::new(
-        non_negative::<u64>(total_steps, "total_steps")?,
-        non_negative::<u64>(t_init, "t_init")?,
-        non_negative::<u64>(t_final, "t_final")?,
+        total_steps.get("total_steps")?,
+        t_init.get("t_init")?,
+        t_final.get("t_final")?,
     )
     .map_err(to_py)
 }
 
-fn ranks_of(values: Vec<i64>, name: &str) -> PyResult<Vec<usize>> {
-    values
-        .into_iter()
-        .map(|v| non_negative::<usize>(v, name))
-        .collect()
+/// One module's decision at an allocation step: new slot `j` takes old slot `perm[j]`; slots
+/// `[0, n_keep)` keep their ranks, `[n_keep, new_rank)` receive new ranks drawn with `seed`.
+#[pyclass(module = "lorax_core._core", name = "ModulePlan", frozen, eq, get_all)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyModulePlan {
+    /// Permutation of the module's storage slots.
+    perm: Vec<usize>,
+    /// Surviving ranks (first after permuting).
+    n_keep: usize,
+    /// Active rank after the step.
+    new_rank: usize,
+    /// Seed for the module's new ranks.
+    seed: u64,
+}
+
+#[pymethods]
+impl PyModulePlan {
+    #[new]
+    fn new(perm: Vec<usize>, n_keep: usize, new_rank: usize, seed: u64) -> Self {
+        Self {
+            perm,
+            n_keep,
+            new_rank,
+            seed,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ModulePlan(perm={:?}, n_keep={}, new_rank={}, seed={})",
+            self.perm, self.n_keep, self.new_rank, self.seed
+        )
+    }
+}
+
+impl From<ModulePlan> for PyModulePlan {
+    fn from(p: ModulePlan) -> Self {
+        Self::new(p.perm, p.n_keep, p.new_rank, p.seed)
+    }
+}
+
+/// The ranks of every module after one allocation step.
+#[pyclass(module = "lorax_core._core", name = "Allocation", frozen, eq, get_all)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyAllocation {
+    /// Optimizer step of the allocation.
+    step: u64,
+    /// Active rank of every module after it, in the allocator's order.
+    ranks: Vec<usize>,
+}
+
+#[pymethods]
+impl PyAllocation {
+    fn __repr__(&self) -> String {
+        format!("Allocation(step={}, ranks={:?})", self.step, self.ranks)
+    }
 }
 
 /// Host-side rank allocator: per-module ranks, budget schedules, allocation decisions and a
@@ -33,70 +84,85 @@ pub struct PyRankAllocator {
     inner: Allocator,
 }
 
+impl PyRankAllocator {
+    fn build(
+        method: Method,
+        names: Vec<String>,
+        ranks: Vec<Count>,
+        capacities: Vec<Count>,
+        seed: Count,
+    ) -> PyResult<Self> {
+        let ranks = counts(&ranks, "ranks")?;
+        let capacities = counts(&capacities, "capacities")?;
+        Allocator::new(method, names, ranks, capacities, seed.get("seed")?)
+            .map(|inner| Self { inner })
+            .map_err(to_py)
+    }
+}
+
 #[pymethods]
 impl PyRankAllocator {
     /// AdaLoRA: cubic budget from the initial total rank down to `target_total`, masking
     /// every `delta_t` steps, never below `min_rank` per module.
     #[staticmethod]
-    #[pyo3(signature = (names, ranks, capacities, *, total_steps, t_init, t_final, target_total, delta_t, min_rank=0, seed=0))]
+    #[pyo3(
+        signature = (names, ranks, capacities, *, total_steps, t_init, t_final, target_total, delta_t, min_rank = Count::new(0), seed = Count::new(0)),
+        text_signature = "(names, ranks, capacities, *, total_steps, t_init, t_final, target_total, delta_t, min_rank=0, seed=0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn adalora(
         names: Vec<String>,
-        ranks: Vec<i64>,
-        capacities: Vec<i64>,
-        total_steps: i64,
-        t_init: i64,
-        t_final: i64,
-        target_total: i64,
-        delta_t: i64,
-        min_rank: i64,
-        seed: u64,
+        ranks: Vec<Count>,
+        capacities: Vec<Count>,
+        total_steps: Count,
+        t_init: Count,
+        t_final: Count,
+        target_total: Count,
+        delta_t: Count,
+        min_rank: Count,
+        seed: Count,
     ) -> PyResult<Self> {
         let cfg = AdaLoRAConfig {
             phases: phases(total_steps, t_init, t_final)?,
             init_bgt: 0,
-            target_bgt: non_negative::<usize>(target_total, "target_total")?,
-            delta_t: non_negative::<u64>(delta_t, "delta_t")?,
-            min_rank: non_negative::<usize>(min_rank, "min_rank")?,
+            target_bgt: target_total.get("target_total")?,
+            delta_t: delta_t.get("delta_t")?,
+            min_rank: min_rank.get("min_rank")?,
         };
-        let ranks = ranks_of(ranks, "ranks")?;
-        let capacities = ranks_of(capacities, "capacities")?;
-        Allocator::new(Method::AdaLoRA(cfg), names, ranks, capacities, seed)
-            .map(|inner| Self { inner })
-            .map_err(to_py)
+        Self::build(Method::AdaLoRA(cfg), names, ranks, capacities, seed)
     }
 
     /// ElaLoRA: rounds every `interval` steps after `t_init` moving `b(t) = round(b0 (1 - p^3))`
     /// ranks, at most `k` per module.
     #[staticmethod]
-    #[pyo3(signature = (names, ranks, capacities, *, total_steps, t_init, t_final, interval, b0=4, k=2, seed=0))]
+    #[pyo3(
+        signature = (names, ranks, capacities, *, total_steps, t_init, t_final, interval, b0 = Count::new(4), k = Count::new(2), seed = Count::new(0)),
+        text_signature = "(names, ranks, capacities, *, total_steps, t_init, t_final, interval, b0=4, k=2, seed=0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn elalora(
         names: Vec<String>,
-        ranks: Vec<i64>,
-        capacities: Vec<i64>,
-        total_steps: i64,
-        t_init: i64,
-        t_final: i64,
-        interval: i64,
-        b0: i64,
-        k: i64,
-        seed: u64,
+        ranks: Vec<Count>,
+        capacities: Vec<Count>,
+        total_steps: Count,
+        t_init: Count,
+        t_final: Count,
+        interval: Count,
+        b0: Count,
+        k: Count,
+        seed: Count,
     ) -> PyResult<Self> {
         let cfg = ElaLoRAConfig {
             phases: phases(total_steps, t_init, t_final)?,
-            b0: non_negative::<usize>(b0, "b0")?,
-            k: non_negative::<usize>(k, "k")?,
-            interval: non_negative::<u64>(interval, "interval")?,
+            b0: b0.get("b0")?,
+            k: k.get("k")?,
+            interval: interval.get("interval")?,
         };
-        let ranks = ranks_of(ranks, "ranks")?;
-        let capacities = ranks_of(capacities, "capacities")?;
-        Allocator::new(Method::ElaLoRA(cfg), names, ranks, capacities, seed)
-            .map(|inner| Self { inner })
-            .map_err(to_py)
+        Self::build(Method::ElaLoRA(cfg), names, ranks, capacities, seed)
     }
 
-    /// Restores an allocator (RNG position included) from `to_json`'s output.
+    /// Restores an allocator (RNG position included) from `to_json`'s output; the state is
+    /// checked as strictly as constructor arguments (`ValueError` naming the field).
     #[staticmethod]
     fn from_json(state: &str) -> PyResult<Self> {
         Allocator::from_json(state)
@@ -144,38 +210,37 @@ impl PyRankAllocator {
     }
 
     /// AdaLoRA's total budget or ElaLoRA's ranks moved per round at step `t`.
-    fn budget(&self, t: i64) -> PyResult<usize> {
-        Ok(self.inner.budget(non_negative::<u64>(t, "t")?))
+    fn budget(&self, t: Count) -> PyResult<usize> {
+        Ok(self.inner.budget(t.get("t")?))
     }
 
     /// Whether importance scores are updated at step `t` (`t < T - t_final`).
-    fn updates_scores(&self, t: i64) -> PyResult<bool> {
-        Ok(self.inner.updates_scores(non_negative::<u64>(t, "t")?))
+    fn updates_scores(&self, t: Count) -> PyResult<bool> {
+        Ok(self.inner.updates_scores(t.get("t")?))
     }
 
     /// Whether step `t` is an allocation step.
-    fn is_allocation_step(&self, t: i64) -> PyResult<bool> {
-        Ok(self.inner.is_allocation_step(non_negative::<u64>(t, "t")?))
+    fn is_allocation_step(&self, t: Count) -> PyResult<bool> {
+        Ok(self.inner.is_allocation_step(t.get("t")?))
     }
 
-    /// Decides step `t` from one per-rank score list per module; returns one
-    /// `(perm, n_keep, new_rank, seed)` per module.
-    fn allocate(&mut self, t: i64, scores: Vec<Vec<f64>>) -> PyResult<Vec<PyPlan>> {
-        let t = non_negative::<u64>(t, "t")?;
-        let plans = self.inner.allocate(t, &scores).map_err(to_py)?;
-        Ok(plans
-            .into_iter()
-            .map(|p| (p.perm, p.n_keep, p.new_rank, p.seed))
-            .collect())
+    /// Decides step `t` (after the last allocation step) from one per-rank score list per
+    /// module; returns one `ModulePlan` per module.
+    fn allocate(&mut self, t: Count, scores: Vec<Vec<f64>>) -> PyResult<Vec<PyModulePlan>> {
+        let plans = self.inner.allocate(t.get("t")?, &scores).map_err(to_py)?;
+        Ok(plans.into_iter().map(PyModulePlan::from).collect())
     }
 
-    /// `(step, ranks)` after every allocation so far.
-    fn history(&self) -> Vec<(u64, Vec<usize>)> {
+    /// One `Allocation` (step, ranks) after every allocation so far.
+    fn history(&self) -> Vec<PyAllocation> {
         self.inner
             .state()
             .history
             .iter()
-            .map(|h| (h.step, h.ranks.clone()))
+            .map(|h| PyAllocation {
+                step: h.step,
+                ranks: h.ranks.clone(),
+            })
             .collect()
     }
 
@@ -185,41 +250,45 @@ impl PyRankAllocator {
     }
 }
 
-/// AdaLoRA's cubic total budget at step `t` (SPEC §6).
+/// AdaLoRA's cubic total budget at step `t` (docs/allocators.md).
 #[pyfunction]
 #[pyo3(signature = (t, *, total_steps, t_init, t_final, init_total, target_total))]
 fn adalora_budget(
-    t: i64,
-    total_steps: i64,
-    t_init: i64,
-    t_final: i64,
-    init_total: i64,
-    target_total: i64,
+    t: Count,
+    total_steps: Count,
+    t_init: Count,
+    t_final: Count,
+    init_total: Count,
+    target_total: Count,
 ) -> PyResult<usize> {
     let ph = phases(total_steps, t_init, t_final)?;
     Ok(core_alloc::adalora_budget(
-        non_negative::<u64>(t, "t")?,
+        t.get("t")?,
         &ph,
-        non_negative::<usize>(init_total, "init_total")?,
-        non_negative::<usize>(target_total, "target_total")?,
+        init_total.get("init_total")?,
+        target_total.get("target_total")?,
     ))
 }
 
-/// ElaLoRA's ranks moved per round at step `t`, `round(b0 (1 - p^3))` (SPEC §6).
+/// ElaLoRA's ranks moved per round at step `t`, `round(b0 (1 - p^3))` (docs/allocators.md).
 #[pyfunction]
 #[pyo3(signature = (t, *, total_steps, t_init, t_final, b0))]
-fn elalora_budget(t: i64, total_steps: i64, t_init: i64, t_final: i64, b0: i64) -> PyResult<usize> {
+fn elalora_budget(
+    t: Count,
+    total_steps: Count,
+    t_init: Count,
+    t_final: Count,
+    b0: Count,
+) -> PyResult<usize> {
     let ph = phases(total_steps, t_init, t_final)?;
-    Ok(core_alloc::elalora_budget(
-        non_negative::<u64>(t, "t")?,
-        &ph,
-        non_negative::<usize>(b0, "b0")?,
-    ))
+    Ok(core_alloc::elalora_budget(t.get("t")?, &ph, b0.get("b0")?))
 }
 
-/// Adds the allocator's class and functions to `_core`.
+/// Adds the allocator's classes and functions to `_core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRankAllocator>()?;
+    m.add_class::<PyModulePlan>()?;
+    m.add_class::<PyAllocation>()?;
     m.add_function(wrap_pyfunction!(adalora_budget, m)?)?;
     m.add_function(wrap_pyfunction!(elalora_budget, m)?)?;
     Ok(())

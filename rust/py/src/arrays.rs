@@ -1,13 +1,16 @@
 //! Borrowing 2-D numpy arrays for the core crate without copying.
 //!
 //! [`borrow_2d`] accepts `float32` or `float64` arrays that are C- or Fortran-contiguous and
-//! holds numpy's read-only borrow; [`Array2::points`] views the same memory as a core
-//! [`Points`] (a strided [`MatRef`]) that may cross `Python::allow_threads`. Anything else is
-//! a `TypeError` (not an array, other dtypes, non-contiguous layouts) or a `ValueError`
+//! holds numpy's read-only borrow; [`buffer`] gives the borrowed buffer with its shape and
+//! memory order (the Nyström sketch's input), and [`Array2::points`] views the same memory as a
+//! core [`Points`] (a strided [`MatRef`]), both free to cross `Python::allow_threads`. Anything
+//! else is a `TypeError` (not an array, other dtypes, non-contiguous layouts) or a `ValueError`
 //! (not 2-D), each naming the argument. Callers convert other inputs once on the Python side
 //! (`np.ascontiguousarray`, `astype`).
 
-use lorax_core::knn::{MatRef, Points, Real};
+use lorax_core::knn::{MatRef, Points};
+use lorax_core::nystrom::Layout;
+use lorax_core::Real;
 use numpy::{
     Element, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
     PyUntypedArrayMethods,
@@ -64,16 +67,44 @@ fn readonly<'py, T: Element>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArra
     Ok(obj.downcast::<PyArray2<T>>()?.try_readonly()?)
 }
 
-fn view<'a, T: Element + Real>(a: &'a PyReadonlyArray2<'_, T>) -> PyResult<MatRef<'a, T>> {
-    let (n, d) = (a.shape()[0], a.shape()[1]);
+/// A borrowed contiguous buffer with its shape and memory order.
+pub struct Buffer<'a, T> {
+    /// The `nrows * ncols` elements.
+    pub data: &'a [T],
+    /// Number of rows.
+    pub nrows: usize,
+    /// Number of columns.
+    pub ncols: usize,
+    /// C (row-major) or Fortran (column-major) order.
+    pub layout: Layout,
+}
+
+/// The buffer of an array borrowed by [`borrow_2d`] (contiguous by construction).
+pub fn buffer<'a, T: Element>(a: &'a PyReadonlyArray2<'_, T>) -> PyResult<Buffer<'a, T>> {
+    let (nrows, ncols) = (a.shape()[0], a.shape()[1]);
+    let layout = if a.is_c_contiguous() {
+        Layout::RowMajor
+    } else {
+        Layout::ColMajor
+    };
     let data = a
         .as_slice()
         .map_err(|_| PyTypeError::new_err("array must be C- or Fortran-contiguous"))?;
-    if a.is_c_contiguous() {
-        MatRef::row_major(data, n, d).map_err(to_py)
-    } else {
-        MatRef::col_major(data, n, d).map_err(to_py)
+    Ok(Buffer {
+        data,
+        nrows,
+        ncols,
+        layout,
+    })
+}
+
+fn view<'a, T: Element + Real>(a: &'a PyReadonlyArray2<'_, T>) -> PyResult<MatRef<'a, T>> {
+    let d = buffer(a)?;
+    match d.layout {
+        Layout::RowMajor => MatRef::row_major(d.data, d.nrows, d.ncols),
+        Layout::ColMajor => MatRef::col_major(d.data, d.nrows, d.ncols),
     }
+    .map_err(to_py)
 }
 
 impl Array2<'_> {

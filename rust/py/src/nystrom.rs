@@ -1,71 +1,106 @@
 //! `lorax_core._core.nystrom`: the randomized generalized Nyström sketch of a weight matrix.
 
-use lorax_core::nystrom::{self as core_nystrom, Dense, Layout, NystromOptions, Real};
-use numpy::{Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyTypeError;
+use lorax_core::nystrom::{self as core_nystrom, Dense, NystromOptions};
+use lorax_core::Real;
+use numpy::{Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyIterator, PyTuple};
 
-use crate::arrays::{borrow_2d, Array2};
-use crate::errors::to_py;
+use crate::arrays::{borrow_2d, buffer, Array2};
+use crate::errors::{to_py, Count};
 
-type Factors<'py, T> = (
-    Bound<'py, PyArray2<T>>,
-    Bound<'py, PyArray2<T>>,
-    Bound<'py, PyArray2<T>>,
-);
+/// Factors `B` (m×r), `N` (r×r, diagonal) and `A` (r×n) of a sketch, in `w`'s dtype.
+///
+/// Unpacks as `B, N, A = nystrom(...)`.
+#[pyclass(module = "lorax_core._core", name = "NystromFactors", frozen)]
+pub struct PyNystromFactors {
+    b: Py<PyAny>,
+    n: Py<PyAny>,
+    a: Py<PyAny>,
+}
 
-/// Rank-`rank` Nyström factors `(B, N, A)` of `w` (out×in, float32/float64, C or Fortran
-/// order) with `B @ N @ A ≈ w`'s best rank-`rank` approximation; outputs have `w`'s dtype.
-#[pyfunction]
-#[pyo3(signature = (w, rank, *, oversample = 10, power_iters = 1, seed = 0, rcond = None))]
-fn nystrom<'py>(
-    py: Python<'py>,
-    w: &Bound<'py, PyAny>,
-    rank: usize,
-    oversample: usize,
-    power_iters: usize,
-    seed: u64,
-    rcond: Option<f64>,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let opts = NystromOptions {
-        rank,
-        oversample,
-        power_iters,
-        seed,
-        rcond,
-    };
-    match borrow_2d(w, "w")? {
-        Array2::F32(a) => sketch(py, &a, &opts)?.into_pyobject(py),
-        Array2::F64(a) => sketch(py, &a, &opts)?.into_pyobject(py),
+#[pymethods]
+impl PyNystromFactors {
+    /// Left factor `W X V_r`, shape `(m, r)`.
+    #[getter(B)]
+    fn b(&self, py: Python<'_>) -> Py<PyAny> {
+        self.b.clone_ref(py)
+    }
+
+    /// Regularised pseudo-inverse of the truncated core, shape `(r, r)`, diagonal.
+    #[getter(N)]
+    fn n(&self, py: Python<'_>) -> Py<PyAny> {
+        self.n.clone_ref(py)
+    }
+
+    /// Right factor `U_rᵀ Ψᵀ W`, shape `(r, n)`.
+    #[getter(A)]
+    fn a(&self, py: Python<'_>) -> Py<PyAny> {
+        self.a.clone_ref(py)
+    }
+
+    fn __len__(&self) -> usize {
+        3
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        let parts = [self.b(py), self.n(py), self.a(py)];
+        PyTuple::new(py, parts)?.try_iter()
     }
 }
 
-fn sketch<'py, T: Real + Element>(
-    py: Python<'py>,
-    w: &PyReadonlyArray2<'py, T>,
-    opts: &NystromOptions,
-) -> PyResult<Factors<'py, T>> {
-    let (m, n) = (w.shape()[0], w.shape()[1]);
-    let layout = if w.is_c_contiguous() {
-        Layout::RowMajor
-    } else {
-        Layout::ColMajor
+/// Rank-`rank` Nyström factors `B, N, A` of `w` (out×in, float32/float64, C or Fortran
+/// order) with `B @ N @ A ≈ w`'s best rank-`rank` approximation; outputs have `w`'s dtype.
+#[pyfunction]
+#[pyo3(
+    signature = (w, rank, *, oversample = Count::new(10), power_iters = Count::new(1), seed = Count::new(0), rcond = None),
+    text_signature = "(w, rank, *, oversample=10, power_iters=1, seed=0, rcond=None)"
+)]
+fn nystrom(
+    py: Python<'_>,
+    w: &Bound<'_, PyAny>,
+    rank: Count,
+    oversample: Count,
+    power_iters: Count,
+    seed: Count,
+    rcond: Option<f64>,
+) -> PyResult<PyNystromFactors> {
+    let opts = NystromOptions {
+        rank: rank.get("rank")?,
+        oversample: oversample.get("oversample")?,
+        power_iters: power_iters.get("power_iters")?,
+        seed: seed.get("seed")?,
+        rcond,
     };
-    let data = w
-        .as_slice()
-        .map_err(|_| PyTypeError::new_err("w must be C- or Fortran-contiguous"))?;
+    match borrow_2d(w, "w")? {
+        Array2::F32(a) => sketch(py, &a, &opts),
+        Array2::F64(a) => sketch(py, &a, &opts),
+    }
+}
+
+fn sketch<T: Real + Element>(
+    py: Python<'_>,
+    w: &PyReadonlyArray2<'_, T>,
+    opts: &NystromOptions,
+) -> PyResult<PyNystromFactors> {
+    let w = buffer(w)?;
     let f = py
-        .allow_threads(|| core_nystrom::nystrom(data, m, n, layout, opts))
+        .allow_threads(|| core_nystrom::nystrom(w.data, w.nrows, w.ncols, w.layout, opts))
         .map_err(to_py)?;
-    Ok((to_numpy(py, f.b)?, to_numpy(py, f.n)?, to_numpy(py, f.a)?))
+    Ok(PyNystromFactors {
+        b: to_numpy(py, f.b)?,
+        n: to_numpy(py, f.n)?,
+        a: to_numpy(py, f.a)?,
+    })
 }
 
-fn to_numpy<T: Element>(py: Python<'_>, d: Dense<T>) -> PyResult<Bound<'_, PyArray2<T>>> {
-    PyArray1::from_vec(py, d.data).reshape([d.nrows, d.ncols])
+fn to_numpy<T: Element>(py: Python<'_>, d: Dense<T>) -> PyResult<Py<PyAny>> {
+    let arr: Bound<'_, PyArray2<T>> = PyArray1::from_vec(py, d.data).reshape([d.nrows, d.ncols])?;
+    Ok(arr.into_any().unbind())
 }
 
-/// Adds the sketch to the extension module.
+/// Adds the sketch and its factors to the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyNystromFactors>()?;
     m.add_function(wrap_pyfunction!(nystrom, m)?)
 }

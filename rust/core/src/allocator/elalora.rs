@@ -1,4 +1,4 @@
-//! ElaLoRA's reallocation round (SPEC §6): prune the weakest candidates,
+//! ElaLoRA's reallocation round (docs/allocators.md): prune the weakest candidates,
 //! expand the modules owning the strongest ones; total rank is conserved.
 
 use super::Candidate;

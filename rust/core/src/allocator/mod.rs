@@ -1,5 +1,5 @@
 //! Rank allocation for SVD-form adapters: AdaLoRA's masking and ElaLoRA's
-//! prune-and-expand rounds (SPEC §6).
+//! prune-and-expand rounds (docs/allocators.md).
 //!
 //! The allocator holds only small host-side state: per-module ranks and
 //! capacities, the last per-rank scores and a seeded RNG. It decides; the
@@ -22,7 +22,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{LoraxError, Result};
 pub use schedule::{adalora_budget, elalora_budget, Phases};
 pub use state::{
-    AdaLoRAConfig, AllocatorState, ElaLoRAConfig, HistoryEntry, Method, ModuleState, STATE_VERSION,
+    AdaLoRAConfig, AllocatorState, ElaLoRAConfig, HistoryEntry, Method, ModuleState, MAX_CAPACITY,
+    STATE_VERSION,
 };
 
 /// A scored rank: the unit of every global selection.
@@ -93,6 +94,9 @@ pub struct Allocator {
 
 impl Allocator {
     /// Creates an allocator over modules with the given names, initial ranks and capacities.
+    ///
+    /// The arguments are checked by [`AllocatorState::validate`], the same function that checks
+    /// a deserialised state, plus the rules of a fresh start (every initial rank `>= 1`).
     pub fn new(
         method: Method,
         names: Vec<String>,
@@ -100,11 +104,6 @@ impl Allocator {
         capacities: Vec<usize>,
         seed: u64,
     ) -> Result<Self> {
-        if names.is_empty() {
-            return Err(LoraxError::invalid(
-                "names: at least one module is required",
-            ));
-        }
         if ranks.len() != names.len() || capacities.len() != names.len() {
             return Err(LoraxError::invalid(format!(
                 "ranks and capacities must have one entry per module ({}), got {} and {}",
@@ -113,47 +112,18 @@ impl Allocator {
                 capacities.len()
             )));
         }
-        let mut sorted = names.clone();
-        sorted.sort();
-        if sorted.windows(2).any(|w| w[0] == w[1]) {
-            return Err(LoraxError::invalid("names: module names must be unique"));
-        }
-        for (i, (&r, &c)) in ranks.iter().zip(&capacities).enumerate() {
-            if r == 0 || r > c {
-                return Err(LoraxError::invalid(format!(
-                    "ranks: module {:?} has rank {r}, expected 1 <= rank <= capacity ({c})",
-                    names[i]
-                )));
-            }
+        if let Some(i) = ranks.iter().position(|&r| r == 0) {
+            return Err(LoraxError::invalid(format!(
+                "ranks: module {:?} has rank 0, expected 1 <= rank <= capacity ({})",
+                names[i], capacities[i]
+            )));
         }
         let method = match method {
-            Method::AdaLoRA(c) => {
-                let init: usize = ranks.iter().sum();
-                if c.delta_t == 0 {
-                    return Err(LoraxError::invalid("delta_t must be positive"));
-                }
-                if c.target_bgt > init || c.target_bgt < c.min_rank * ranks.len() {
-                    return Err(LoraxError::invalid(format!(
-                        "target budget {} must lie between min_rank * modules ({}) and the \
-                         initial total rank ({init})",
-                        c.target_bgt,
-                        c.min_rank * ranks.len()
-                    )));
-                }
-                Method::AdaLoRA(AdaLoRAConfig {
-                    init_bgt: init,
-                    ..c
-                })
-            }
-            Method::ElaLoRA(c) => {
-                if c.interval == 0 {
-                    return Err(LoraxError::invalid("interval must be positive"));
-                }
-                if c.k == 0 {
-                    return Err(LoraxError::invalid("k must be positive"));
-                }
-                Method::ElaLoRA(c)
-            }
+            Method::AdaLoRA(c) => Method::AdaLoRA(AdaLoRAConfig {
+                init_bgt: ranks.iter().fold(0usize, |a, &r| a.saturating_add(r)),
+                ..c
+            }),
+            other => other,
         };
         let modules = names
             .into_iter()
@@ -175,6 +145,7 @@ impl Allocator {
             seed,
             rng_word_pos: [0, 0],
         };
+        state.validate()?;
         Ok(Self {
             state,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -226,6 +197,11 @@ impl Allocator {
         if !self.is_allocation_step(t) {
             return Err(LoraxError::invalid(format!(
                 "step {t} is not an allocation step"
+            )));
+        }
+        if let Some(last) = self.state.last_step.filter(|&last| t <= last) {
+            return Err(LoraxError::invalid(format!(
+                "t must be after the last allocation step ({last}), got {t}"
             )));
         }
         if scores.len() != self.state.modules.len() {
@@ -300,27 +276,34 @@ impl Allocator {
 mod tests {
     use super::*;
 
-    fn ela(ranks: Vec<usize>, cap: usize) -> Allocator {
-        let n = ranks.len();
-        let cfg = ElaLoRAConfig {
+    fn ela_method() -> Method {
+        Method::ElaLoRA(ElaLoRAConfig {
             phases: Phases::new(100, 10, 10).unwrap(),
             b0: 4,
             k: 2,
             interval: 5,
-        };
+        })
+    }
+
+    fn ada_cfg() -> AdaLoRAConfig {
+        AdaLoRAConfig {
+            phases: Phases::new(10, 2, 2).unwrap(),
+            init_bgt: 0,
+            target_bgt: 4,
+            delta_t: 1,
+            min_rank: 0,
+        }
+    }
+
+    fn ela(ranks: Vec<usize>, cap: usize) -> Allocator {
+        let n = ranks.len();
         let names = (0..n).map(|i| format!("m{i}")).collect();
-        Allocator::new(Method::ElaLoRA(cfg), names, ranks, vec![cap; n], 7).unwrap()
+        Allocator::new(ela_method(), names, ranks, vec![cap; n], 7).unwrap()
     }
 
     #[test]
     fn rejects_bad_construction() {
-        let cfg = ElaLoRAConfig {
-            phases: Phases::new(100, 10, 10).unwrap(),
-            b0: 4,
-            k: 2,
-            interval: 5,
-        };
-        let m = Method::ElaLoRA(cfg);
+        let m = ela_method();
         let names = || vec!["a".to_string(), "b".to_string()];
         assert!(Allocator::new(m, names(), vec![1], vec![2, 2], 0).is_err());
         assert!(Allocator::new(m, names(), vec![0, 1], vec![2, 2], 0).is_err());
@@ -377,14 +360,66 @@ mod tests {
     }
 
     #[test]
-    fn adalora_masks_down_to_budget() {
+    fn loaded_state_is_validated_like_the_constructor() {
+        let mut a = ela(vec![2, 2], 4);
+        let json = a.to_json().unwrap();
+        for (from, to, field) in [
+            ("\"interval\":5", "\"interval\":0", "interval"),
+            ("\"k\":2", "\"k\":0", "k"),
+            ("\"capacity\":4", "\"capacity\":1", "rank"),
+            ("\"capacity\":4", "\"capacity\":1099511627776", "capacities"),
+            ("\"name\":\"m1\"", "\"name\":\"m0\"", "unique"),
+        ] {
+            let bad = json.replacen(from, to, 1);
+            assert_ne!(bad, json, "{from}");
+            let err = Allocator::from_json(&bad).unwrap_err().to_string();
+            assert!(err.starts_with("state: ") && err.contains(field), "{err}");
+        }
+        a.allocate(15, &[vec![0.1, 0.2], vec![0.3, 0.4]]).unwrap();
+        let r = a.ranks();
+        let again = vec![vec![0.5; r[0]], vec![0.5; r[1]]];
+        let err = a.allocate(15, &again).unwrap_err().to_string();
+        assert!(err.starts_with("t must be after"), "{err}");
+        let json = a.to_json().unwrap();
+        let bad = json.replace("\"last_step\":15", "\"last_step\":3");
+        let err = Allocator::from_json(&bad).unwrap_err().to_string();
+        assert!(err.contains("last_step"), "{err}");
+    }
+
+    #[test]
+    fn adalora_state_with_zero_interval_is_refused() {
         let cfg = AdaLoRAConfig {
-            phases: Phases::new(10, 2, 2).unwrap(),
-            init_bgt: 0,
-            target_bgt: 4,
-            delta_t: 1,
-            min_rank: 0,
+            delta_t: 0,
+            ..ada_cfg()
         };
+        let names = vec!["a".into(), "b".into()];
+        let e = Allocator::new(
+            Method::AdaLoRA(cfg),
+            names.clone(),
+            vec![6, 6],
+            vec![6, 6],
+            0,
+        );
+        assert!(e.unwrap_err().to_string().contains("delta_t"));
+        let ok = AdaLoRAConfig { delta_t: 1, ..cfg };
+        let a = Allocator::new(Method::AdaLoRA(ok), names, vec![6, 6], vec![6, 6], 0).unwrap();
+        let bad = a
+            .to_json()
+            .unwrap()
+            .replace("\"delta_t\":1", "\"delta_t\":0");
+        let err = Allocator::from_json(&bad).unwrap_err().to_string();
+        assert_eq!(err, "state: delta_t must be positive, got 0");
+        let huge = AdaLoRAConfig {
+            min_rank: usize::MAX,
+            ..ok
+        };
+        let names = vec!["a".into(), "b".into()];
+        assert!(Allocator::new(Method::AdaLoRA(huge), names, vec![6, 6], vec![6, 6], 0).is_err());
+    }
+
+    #[test]
+    fn adalora_masks_down_to_budget() {
+        let cfg = ada_cfg();
         let names = vec!["a".into(), "b".into()];
         let mut a = Allocator::new(Method::AdaLoRA(cfg), names, vec![6, 6], vec![6, 6], 0).unwrap();
         assert!(!a.is_allocation_step(2));

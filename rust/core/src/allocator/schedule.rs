@@ -1,4 +1,4 @@
-//! Budget schedules shared by AdaLoRA and ElaLoRA (SPEC §6).
+//! Budget schedules shared by AdaLoRA and ElaLoRA (docs/allocators.md).
 //!
 //! Steps are 1-based optimizer steps `t`; `T` is the total number of steps,
 //! `t_init` the warm-up without allocation and `t_final` the final steps in

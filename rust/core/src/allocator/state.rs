@@ -3,10 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::schedule::Phases;
-use crate::error::{LoraxError, Result};
+use crate::error::{Context, LoraxError, Result};
 
 /// Version written into every serialised state; older or newer versions are refused.
 pub const STATE_VERSION: u32 = 1;
+
+/// Largest storage capacity (rank) of one module: far above any adapter's rank, small enough
+/// that a permutation of the slots always fits in memory.
+pub const MAX_CAPACITY: usize = 1 << 20;
 
 /// Settings of AdaLoRA's masking schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,34 +108,171 @@ impl AllocatorState {
             .map_err(|e| LoraxError::invalid(format!("cannot serialise allocator state: {e}")))
     }
 
-    /// Parses and validates JSON written by [`AllocatorState::to_json`].
+    /// Parses and validates JSON written by [`AllocatorState::to_json`]; errors start with
+    /// `state:`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let state: Self = serde_json::from_str(text)
-            .map_err(|e| LoraxError::invalid(format!("state: malformed allocator state: {e}")))?;
-        if state.version != STATE_VERSION {
+        let mut reader = serde_json::Deserializer::from_str(text);
+        let state: Self = serde_path_to_error::deserialize(&mut reader)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let at = if field == "." {
+                    String::new()
+                } else {
+                    format!("{field}: ")
+                };
+                LoraxError::invalid(format!("{at}malformed allocator state: {}", e.into_inner()))
+            })
+            .context("state")?;
+        reader
+            .end()
+            .map_err(|e| LoraxError::invalid(format!("malformed allocator state: {e}")))
+            .context("state")?;
+        state.validate().context("state")?;
+        Ok(state)
+    }
+
+    /// Checks every invariant the allocator relies on; the constructor and the deserialiser
+    /// both call it, so a loaded state is held to the same rules as constructor arguments.
+    /// Each error names the offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.version != STATE_VERSION {
             return Err(LoraxError::invalid(format!(
-                "state: unsupported allocator state version {} (expected {STATE_VERSION})",
-                state.version
+                "version: unsupported allocator state version {} (expected {STATE_VERSION})",
+                self.version
             )));
         }
-        let phases = state.method.phases();
-        Phases::new(phases.total_steps, phases.t_init, phases.t_final)
-            .map_err(|e| LoraxError::invalid(format!("state: {e}")))?;
-        for m in &state.modules {
+        let ph = self.method.phases();
+        Phases::new(ph.total_steps, ph.t_init, ph.t_final)?;
+        self.validate_modules()?;
+        let n = self.modules.len();
+        match &self.method {
+            Method::AdaLoRA(c) => {
+                positive(c.delta_t, "delta_t")?;
+                let total: usize = self.modules.iter().map(|m| m.rank).sum();
+                if total > c.init_bgt {
+                    return Err(LoraxError::invalid(format!(
+                        "init_bgt: the modules' total rank {total} exceeds the initial budget {}",
+                        c.init_bgt
+                    )));
+                }
+                let floor = c.min_rank.checked_mul(n);
+                let within =
+                    matches!(floor, Some(f) if f <= c.target_bgt && c.target_bgt <= c.init_bgt);
+                if !within {
+                    return Err(LoraxError::invalid(format!(
+                        "target_total must lie between min_rank * modules ({} * {n}) and the \
+                         initial total rank ({}), got {}",
+                        c.min_rank, c.init_bgt, c.target_bgt
+                    )));
+                }
+            }
+            Method::ElaLoRA(c) => {
+                positive(c.interval, "interval")?;
+                positive(c.k as u64, "k")?;
+                if let Some(m) = self.modules.iter().find(|m| m.rank == 0) {
+                    return Err(LoraxError::invalid(format!(
+                        "ranks: module {:?} has rank 0; ElaLoRA keeps every module at rank >= 1",
+                        m.name
+                    )));
+                }
+            }
+        }
+        self.validate_records()
+    }
+
+    fn validate_modules(&self) -> Result<()> {
+        if self.modules.is_empty() {
+            return Err(LoraxError::invalid(
+                "names: at least one module is required",
+            ));
+        }
+        let mut names: Vec<&str> = self.modules.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(LoraxError::invalid(format!(
+                "names: module names must be unique, got {:?} twice",
+                w[0]
+            )));
+        }
+        for m in &self.modules {
+            if m.capacity == 0 || m.capacity > MAX_CAPACITY {
+                return Err(LoraxError::invalid(format!(
+                    "capacities: module {:?} has capacity {}, expected 1 <= capacity <= \
+                     {MAX_CAPACITY}",
+                    m.name, m.capacity
+                )));
+            }
             if m.rank > m.capacity {
                 return Err(LoraxError::invalid(format!(
-                    "state: module {:?} has rank {} above its capacity {}",
+                    "ranks: module {:?} has rank {}, expected rank <= capacity ({})",
                     m.name, m.rank, m.capacity
                 )));
             }
         }
-        if !state.last_scores.is_empty() && state.last_scores.len() != state.modules.len() {
-            return Err(LoraxError::invalid(
-                "state: last_scores does not match the number of modules",
-            ));
-        }
-        Ok(state)
+        Ok(())
     }
+
+    /// `last_scores`, `history` and `last_step` agree with the modules and with each other.
+    fn validate_records(&self) -> Result<()> {
+        let n = self.modules.len();
+        if !self.last_scores.is_empty() {
+            if self.last_scores.len() != n {
+                return Err(LoraxError::invalid(format!(
+                    "last_scores: expected one vector per module ({n}), got {}",
+                    self.last_scores.len()
+                )));
+            }
+            for (m, s) in self.modules.iter().zip(&self.last_scores) {
+                if s.len() > m.capacity || s.iter().any(|v| !v.is_finite()) {
+                    return Err(LoraxError::invalid(format!(
+                        "last_scores: module {:?} has {} scores for capacity {}, or a NaN or \
+                         infinite one",
+                        m.name,
+                        s.len(),
+                        m.capacity
+                    )));
+                }
+            }
+        }
+        let mut previous: Option<u64> = None;
+        for h in &self.history {
+            if previous.is_some_and(|p| h.step <= p) {
+                return Err(LoraxError::invalid(format!(
+                    "history: steps must increase, got {} after {}",
+                    h.step,
+                    previous.unwrap_or_default()
+                )));
+            }
+            let fits = h.ranks.len() == n
+                && h.ranks
+                    .iter()
+                    .zip(&self.modules)
+                    .all(|(&r, m)| r <= m.capacity);
+            if !fits {
+                return Err(LoraxError::invalid(format!(
+                    "history: the entry of step {} needs one rank <= capacity per module ({n})",
+                    h.step
+                )));
+            }
+            previous = Some(h.step);
+        }
+        if self.last_step != previous {
+            return Err(LoraxError::invalid(format!(
+                "last_step: expected the step of the last history entry ({previous:?}), got {:?}",
+                self.last_step
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn positive(value: u64, name: &str) -> Result<()> {
+    if value == 0 {
+        return Err(LoraxError::invalid(format!(
+            "{name} must be positive, got 0"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -164,13 +305,23 @@ mod tests {
             }],
             last_step: Some(3),
             last_scores: vec![tricky.clone()],
-            history: vec![],
+            history: vec![HistoryEntry {
+                step: 3,
+                ranks: vec![5],
+            }],
             seed: u64::MAX,
             rng_word_pos: [1, u64::MAX],
         };
-        let back = AllocatorState::from_json(&state.to_json().unwrap()).unwrap();
+        let text = state.to_json().unwrap();
+        let back = AllocatorState::from_json(&text).unwrap();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&back.last_scores[0]), bits(&tricky));
         assert_eq!(back, state);
+        let bad = text.replace("\"rank\":5", "\"rank\":-1");
+        let err = AllocatorState::from_json(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("state: modules[0].rank: malformed"),
+            "{err}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The duplicates policy (SPEC §3): exact copies first, then near-zero distances.
+//! The duplicates policy (docs/intrinsic-dimension.md): exact copies first, then near-zero
+//! distances.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

@@ -125,18 +125,13 @@ mod tests {
         assert!((est(Comb::Mean).combine(&mut inv.clone()).unwrap() - 14.0 / 3.0).abs() < 1e-12);
         assert_eq!(est(Comb::Median).combine(&mut inv).unwrap(), 4.0);
         assert!(est(Comb::Mean).combine(&mut [0.0, 1.0]).is_err());
-        assert!(Mle {
-            k: 1,
-            ..Mle::default()
+        for (k, unbiased) in [(1, false), (2, true)] {
+            let m = Mle {
+                k,
+                unbiased,
+                ..Mle::default()
+            };
+            assert!(m.validate().is_err(), "k={k} unbiased={unbiased}");
         }
-        .validate()
-        .is_err());
-        assert!(Mle {
-            k: 2,
-            unbiased: true,
-            ..Mle::default()
-        }
-        .validate()
-        .is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! Intrinsic-dimension estimation (SPEC §3): TwoNN and MLE over exact neighbours, with the
-//! duplicates policy, bootstrap intervals, decimation scales and a batch over many layers.
+//! Intrinsic-dimension estimation (docs/intrinsic-dimension.md): TwoNN and MLE over exact
+//! neighbours, with the duplicates policy, bootstrap intervals, decimation scales and a batch over
+//! many layers.
 
 mod duplicates;
 mod mle;
@@ -10,7 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::error::{LoraxError, Result};
+use crate::error::{Context, LoraxError, Result};
 use crate::knn::{knn_subset, MatRef, Points, Real};
 pub use duplicates::distinct_rows;
 pub use mle::{Comb, Mle};
@@ -19,6 +20,9 @@ pub use twonn::{TwoNN, TwoNNMethod};
 /// Default relative tolerance of the near-duplicate rule: pairs closer than
 /// `1e-7 × RMS norm` count as copies.
 pub const DEFAULT_DUPLICATE_TOL: f64 = 1e-7;
+
+/// Most bootstrap resamples: far more than a 95% interval needs, few enough to allocate.
+pub const MAX_BOOTSTRAP: usize = 1_000_000;
 
 /// Smallest subset the scales check estimates on (besides needing `k + 2` points).
 const MIN_SCALE_SIZE: usize = 16;
@@ -33,18 +37,8 @@ pub enum Estimator {
 }
 
 impl Estimator {
-    /// Builds an estimator from its name (`"twonn"` or `"mle"`) and the settings of both.
-    pub fn from_name(name: &str, twonn: TwoNN, mle: Mle) -> Result<Self> {
-        match name {
-            "twonn" => Ok(Self::TwoNN(twonn)),
-            "mle" => Ok(Self::Mle(mle)),
-            _ => Err(LoraxError::invalid(format!(
-                "estimator must be 'twonn' or 'mle', got '{name}'"
-            ))),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings of the chosen estimator.
+    pub fn validate(&self) -> Result<()> {
         match self {
             Estimator::TwoNN(t) => t.validate(),
             Estimator::Mle(m) => m.validate(),
@@ -100,6 +94,25 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Checks the settings (`bootstrap <= MAX_BOOTSTRAP`, `duplicate_tol` finite and `>= 0`).
+    pub fn validate(&self) -> Result<()> {
+        if self.bootstrap > MAX_BOOTSTRAP {
+            return Err(LoraxError::invalid(format!(
+                "bootstrap must be at most {MAX_BOOTSTRAP}, got {}",
+                self.bootstrap
+            )));
+        }
+        if !(self.duplicate_tol >= 0.0 && self.duplicate_tol.is_finite()) {
+            return Err(LoraxError::invalid(format!(
+                "duplicate_tol must be finite and >= 0, got {}",
+                self.duplicate_tol
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Result of one estimate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdResult {
@@ -136,15 +149,7 @@ pub fn estimate_many(
 ) -> Result<Vec<IdResult>> {
     sets.par_iter()
         .enumerate()
-        .map(|(i, p)| {
-            estimate(p, est, opts).map_err(|e| match e {
-                LoraxError::InvalidArgument(m) => {
-                    LoraxError::InvalidArgument(format!("layer {i}: {m}"))
-                }
-                LoraxError::InvalidType(m) => LoraxError::InvalidType(format!("layer {i}: {m}")),
-                LoraxError::Numerical(m) => LoraxError::Numerical(format!("layer {i}: {m}")),
-            })
-        })
+        .map(|(i, p)| estimate(p, est, opts).context(format!("layer {i}")))
         .collect()
 }
 
@@ -156,12 +161,7 @@ fn check_input<T: Real>(x: &MatRef<'_, T>, opts: &Options) -> Result<()> {
             x.ncols()
         )));
     }
-    if !(opts.duplicate_tol >= 0.0 && opts.duplicate_tol.is_finite()) {
-        return Err(LoraxError::invalid(format!(
-            "duplicate_tol must be finite and >= 0, got {}",
-            opts.duplicate_tol
-        )));
-    }
+    opts.validate()?;
     if !x.all_finite() {
         return Err(LoraxError::invalid("X contains NaN or infinite values"));
     }

@@ -1,4 +1,4 @@
-//! Uncertainty (SPEC §3, ours): bootstrap intervals and decimation scales.
+//! Uncertainty (docs/intrinsic-dimension.md, ours): bootstrap intervals and decimation scales.
 
 use rand::seq::index::sample;
 use rand::Rng;

@@ -129,36 +129,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings() {
-        assert!(TwoNN {
-            discard_fraction: 1.0,
-            ..TwoNN::default()
+        let with = |discard_fraction, method| TwoNN {
+            discard_fraction,
+            method,
+        };
+        for f in [1.0, -0.1, f64::NAN, 0.0] {
+            assert!(
+                with(f, TwoNNMethod::LeastSquares).validate().is_err(),
+                "{f}"
+            );
         }
-        .validate()
-        .is_err());
-        assert!(TwoNN {
-            discard_fraction: -0.1,
-            ..TwoNN::default()
-        }
-        .validate()
-        .is_err());
-        assert!(TwoNN {
-            discard_fraction: f64::NAN,
-            ..TwoNN::default()
-        }
-        .validate()
-        .is_err());
-        assert!(TwoNN {
-            discard_fraction: 0.0,
-            ..TwoNN::default()
-        }
-        .validate()
-        .is_err());
-        assert!(TwoNN {
-            discard_fraction: 0.0,
-            method: TwoNNMethod::Mle
-        }
-        .validate()
-        .is_ok());
+        assert!(with(0.0, TwoNNMethod::Mle).validate().is_ok());
         assert!(TwoNN::default().fit(&mut [1.5]).is_err());
         assert!(TwoNN::default().fit(&mut [1.0; 50]).is_err());
     }

@@ -1,6 +1,6 @@
 //! Exact k-nearest neighbours by blocked GEMM distances with the selection fused into each tile.
 //!
-//! Algorithm (SPEC §3):
+//! Algorithm (docs/intrinsic-dimension.md):
 //! 1. Centre the points (float64 mean) and copy them once to row-major float32 with their
 //!    squared norms.
 //! 2. Split the rows into blocks of [`tiles::BLOCK`]. Every unordered block pair `(I, J)` is

@@ -1,26 +1,7 @@
 //! Borrowed, strided views of 2-D point sets (rows are points).
 
 use crate::error::{LoraxError, Result};
-
-/// A floating-point element type the kNN engine reads: `f32` or `f64`.
-pub trait Real: Copy + Send + Sync + 'static {
-    /// Widens the value to `f64` (exact for both implementors).
-    fn to_f64(self) -> f64;
-}
-
-impl Real for f32 {
-    #[inline]
-    fn to_f64(self) -> f64 {
-        f64::from(self)
-    }
-}
-
-impl Real for f64 {
-    #[inline]
-    fn to_f64(self) -> f64 {
-        self
-    }
-}
+pub use crate::real::Real;
 
 /// A read-only `nrows × ncols` matrix over a borrowed slice, element `(i, j)` at
 /// `data[i * row_stride + j * col_stride]` (strides in elements, not bytes).

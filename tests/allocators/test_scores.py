@@ -13,7 +13,7 @@ from lorax_core.allocators import ImportanceScores, rank_scores, update_importan
 
 
 def numpy_ema(ps, gs, beta1, beta2):
-    """Reference: run the SPEC §6 recurrences over a sequence of (p, grad) pairs."""
+    """Reference: run the recurrences of docs/allocators.md over a sequence of (p, grad) pairs."""
     ipt = np.zeros_like(ps[0], dtype=np.float64)
     unc = np.zeros_like(ps[0], dtype=np.float64)
     for p, g in zip(ps, gs, strict=True):

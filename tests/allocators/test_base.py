@@ -4,6 +4,7 @@ bit-identical, ranks move, compute shrinks, bad input is refused."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import torch
@@ -163,3 +164,13 @@ def test_bad_input(minilm_dir):
             alloc.step(t)
     with pytest.raises(ValueError, match="state"):
         alloc.load_state_dict({"allocator": "{}"})
+    # A saved state whose interval is 0 used to load and then divide by zero on step().
+    state = alloc.state_dict()
+    broken = json.loads(state["allocator"])
+    broken["method"]["interval"] = 0
+    with pytest.raises(ValueError, match="state: interval must be positive, got 0"):
+        alloc.load_state_dict({**state, "allocator": json.dumps(broken)})
+    with pytest.raises(TypeError, match="ElaLoRA: interval must be an int"):
+        ElaLoRA(model, **{**ELA, "interval": 2.0})
+    with pytest.raises(ValueError, match="ElaLoRA: interval must be an int >= 1, got 0"):
+        ElaLoRA(model, **{**ELA, "interval": 0})

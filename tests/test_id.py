@@ -10,15 +10,9 @@ import skdim
 import torch
 
 from lorax_core import id as lid
+from lorax_core.synthetic import embedded_gaussian
 
-
-def _gauss(n: int = 800, d: int = 8, D: int = 32, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((D, d)))
-    return rng.standard_normal((n, d)) @ basis.T
-
-
-X0 = _gauss()
+X0 = embedded_gaussian(800, 8, 32)
 
 
 # --- duplicates policy -------------------------------------------------------------------
@@ -67,16 +61,16 @@ def test_fewer_than_three_distinct_points() -> None:
 @pytest.mark.parametrize(
     ("X", "exc", "match"),
     [
-        (np.where(np.arange(40)[:, None] == 3, np.nan, X0[:40]), ValueError, "NaN or infinite"),
-        (np.where(np.arange(40)[:, None] == 3, np.inf, X0[:40]), ValueError, "NaN or infinite"),
-        (X0[:, 0], ValueError, "2-D"),
-        (X0.reshape(40, 20, -1), ValueError, "2-D"),
-        (np.zeros((0, 4)), ValueError, "empty"),
-        (np.zeros((10, 0)), ValueError, "empty"),
-        (X0[:40].astype(object), TypeError, "dtype"),
-        (np.array([["a", "b"]] * 5), TypeError, "dtype"),
-        (X0[:40].astype(np.complex128), TypeError, "dtype"),
-        ("not an array", TypeError, "dtype"),
+        (np.where(np.arange(40)[:, None] == 3, np.nan, X0[:40]), ValueError, "contains NaN"),
+        (np.where(np.arange(40)[:, None] == 3, np.inf, X0[:40]), ValueError, "infinity"),
+        (X0[:, 0], ValueError, "2D array"),
+        (X0.reshape(40, 20, -1), ValueError, "dim 3"),
+        (np.zeros((0, 4)), ValueError, "0 sample"),
+        (np.zeros((10, 0)), ValueError, "0 feature"),
+        (np.array([[1.0, {"a": 1}]] * 5, dtype=object), TypeError, "real number"),
+        (np.array([["a", "b"]] * 5), ValueError, "strings"),
+        (X0[:40].astype(np.complex128), ValueError, "Complex data not supported"),
+        ("not an array", ValueError, "Expected 2D array"),
     ],
 )
 def test_bad_arrays_raise_clear_errors(X: object, exc: type[Exception], match: str) -> None:
@@ -89,16 +83,16 @@ def test_bad_arrays_raise_clear_errors(X: object, exc: type[Exception], match: s
     ("make", "match"),
     [
         (lambda: lid.MLE(k=25), "k = 25 must be smaller"),
-        (lambda: lid.MLE(k=1), "k must be at least 2"),
-        (lambda: lid.MLE(k=-3), "k must be >= 0"),
-        (lambda: lid.MLE(k=2, unbiased=True), "k must be at least 3"),
-        (lambda: lid.MLE(comb="max"), "comb must be"),
-        (lambda: lid.TwoNN(discard_fraction=1.0), "discard_fraction must be in"),
-        (lambda: lid.TwoNN(discard_fraction=0.0), "discard_fraction must be > 0"),
-        (lambda: lid.TwoNN(method="fit"), "method must be"),
-        (lambda: lid.TwoNN(bootstrap=-1), "bootstrap must be >= 0"),
-        (lambda: lid.TwoNN(duplicate_tol=-1.0), "duplicate_tol"),
-        (lambda: lid.TwoNN(duplicate_tol=float("nan")), "duplicate_tol"),
+        (lambda: lid.MLE(k=1), "MLE.fit: k must be an int >= 2, got 1"),
+        (lambda: lid.MLE(k=-3), "MLE.fit: k must be an int >= 2, got -3"),
+        (lambda: lid.MLE(k=2, unbiased=True), "MLE.fit: k must be an int >= 3, got 2"),
+        (lambda: lid.MLE(comb="max"), "MLE.fit: comb must be one of"),
+        (lambda: lid.TwoNN(discard_fraction=1.0), "TwoNN.fit: discard_fraction must be"),
+        (lambda: lid.TwoNN(discard_fraction=0.0), r"discard_fraction must be .* in \(0.0, 1.0\)"),
+        (lambda: lid.TwoNN(method="fit"), "TwoNN.fit: method must be one of"),
+        (lambda: lid.TwoNN(bootstrap=-1), "TwoNN.fit: bootstrap must be an int >= 0"),
+        (lambda: lid.TwoNN(duplicate_tol=-1.0), "TwoNN.fit: duplicate_tol"),
+        (lambda: lid.TwoNN(duplicate_tol=float("nan")), "TwoNN.fit: duplicate_tol"),
     ],
 )
 def test_bad_parameters_raise_value_error(make, match: str) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +151,7 @@ def test_inputs_torch_lists_ints_and_layouts() -> None:
 
 
 def test_estimate_layers_matches_single_estimates() -> None:
-    layers = [_gauss(seed=s, d=d) for s, d in enumerate((3, 6, 9))]
+    layers = [embedded_gaussian(800, d, 32, seed=s) for s, d in enumerate((3, 6, 9))]
     layers[1] = torch.from_numpy(layers[1].astype(np.float32))
     res = lid.estimate_layers(layers, "mle", k=10, bootstrap=20, random_state=0)
     assert [r.n_samples for r in res] == [800] * 3
@@ -175,10 +169,10 @@ def test_estimate_layers_errors_name_the_layer() -> None:
     with pytest.raises(ValueError, match="layer 1: X contains NaN"):
         lid.estimate_layers([X0, bad])
     with pytest.raises(TypeError, match=r"arrays\[1\]"):
-        lid.estimate_layers([X0, X0.astype(object)])
+        lid.estimate_layers([X0, X0.astype(str)])
     with pytest.raises(TypeError, match="sequence"):
         lid.estimate_layers(np.stack([X0, X0]))
-    with pytest.raises(ValueError, match="estimator must be"):
+    with pytest.raises(ValueError, match="estimate_layers: estimator must be one of"):
         lid.estimate_layers([X0], "pca")
     with pytest.raises(TypeError, match="k"):
         lid.estimate_layers([X0], "twonn", k=5)
@@ -191,3 +185,52 @@ def test_sklearn_conventions() -> None:
     assert est.fit(X0) is est
     assert est.fit_transform(X0) == est.dimension_
     assert "discard_fraction=0.2" in repr(est)
+
+
+# --- the Rust seam ---------------------------------------------------------------------------
+
+
+def test_core_results_have_named_fields() -> None:
+    from lorax_core import _core
+
+    opts = _core.EstimateOptions(bootstrap=20, seed=4, scales=True)
+    r = _core.estimate_id(X0, _core.MleOptions(k=10), opts)
+    est = lid.MLE(k=10).fit(X0)
+    assert r.dimension == est.dimension_ and r.n_samples == 800 and r.n_duplicates == 0
+    assert r.ci is not None and r.ci[0] < r.dimension < r.ci[1]
+    assert r.scales is not None and r.scales[0] == (800, r.dimension)
+    assert _core.estimate_id(X0, _core.MleOptions(k=10), opts) == r  # deterministic, comparable
+    assert _core.estimate_id(X0, _core.TwoNNOptions()).ci is None
+    nn = _core.knn(X0[:50], 3)
+    ref = np.sort(np.linalg.norm(X0[:50, None] - X0[None, :50], axis=-1), axis=1)[:, 1:4]
+    np.testing.assert_allclose(nn.distances, ref, rtol=1e-10)
+    assert nn.indices.shape == (50, 3) and nn.indices.dtype == np.int64
+    distances, indices = lid.nearest_neighbors(X0[:50], 3)
+    np.testing.assert_array_equal(indices, nn.indices)
+    np.testing.assert_array_equal(distances, nn.distances)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        ("TwoNNOptions(discard_fraction=1.5)", ValueError, "discard_fraction"),
+        ("TwoNNOptions(method='x')", ValueError, "method"),
+        ("MleOptions(k=-1)", ValueError, "k must be an int"),
+        ("MleOptions(k=2**70)", ValueError, "k must be an int"),
+        ("MleOptions(k=1.5)", TypeError, "argument 'k'"),
+        ("MleOptions(comb='max')", ValueError, "comb"),
+        ("EstimateOptions(bootstrap=-1)", ValueError, "bootstrap must be an int"),
+        ("EstimateOptions(bootstrap=2**62)", ValueError, "bootstrap must be at most 1000000"),
+        ("EstimateOptions(seed=-1)", ValueError, "seed must be an int"),
+        ("EstimateOptions(duplicate_tol=float('nan'))", ValueError, "duplicate_tol"),
+        ("estimate_id(X, MleOptions(), 'opts')", TypeError, "options"),
+        ("estimate_id(X, 'twonn')", TypeError, "estimator must be a TwoNNOptions or MleOptions"),
+        ("knn(X, -2)", ValueError, "k must be an int"),
+        ("knn(X, 0)", ValueError, "k must be at least 1"),
+    ],
+)
+def test_core_arguments_are_checked(make: str, exc: type[Exception], match: str) -> None:
+    from lorax_core import _core
+
+    with pytest.raises(exc, match=match):
+        eval(make, {**vars(_core), "X": X0[:40]})

@@ -72,12 +72,12 @@ def test_round_on_real_layers(ranks, seed, b):
     )
     plans = alloc.allocate(1, scores)
     for layer, plan in zip(layers, plans, strict=True):
-        apply_plan_(layer, opt, *plan)
+        apply_plan_(layer, opt, plan.perm, plan.n_keep, plan.new_rank, plan.seed)
     assert sum(layer.active_rank for layer in layers) == sum(ranks)
     with torch.no_grad():
         after = [layer(x) for layer in layers]
-    for i, (layer, (perm, n_keep, new_rank, _)) in enumerate(zip(layers, plans, strict=True)):
-        r0 = ranks[i]
+    for i, (layer, plan) in enumerate(zip(layers, plans, strict=True)):
+        perm, n_keep, new_rank, r0 = plan.perm, plan.n_keep, plan.new_rank, ranks[i]
         n_pruned, n_new = r0 - n_keep, new_rank - n_keep
         if n_pruned == 0:  # only expanded (or untouched): output unchanged
             torch.testing.assert_close(after[i], before[i], rtol=0, atol=1e-10)
