@@ -191,7 +191,12 @@ class RankPlan:
         return schema.plan_to_dict(self)
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the plan as JSON atomically; returns the path."""
+        """Write the plan as JSON atomically; returns the path.
+
+        Raises:
+            ValueError: ``<path>: <field> must be …`` for a plan :meth:`from_json` would
+                refuse; nothing is written then.
+        """
         return schema.write_plan(self, path)
 
     @classmethod
@@ -199,8 +204,10 @@ class RankPlan:
         """Build a plan from :meth:`to_dict`'s document, validating every field.
 
         Raises:
-            ValueError: wrong format or version, a missing or mistyped field, or inconsistent
-                values (layer indices, blocks, parameter count).
+            ValueError: ``plan: <field> must be …, got …``: wrong format or version, a missing,
+                unknown or mistyped field, or a plan that contradicts itself (ranks or alphas
+                off its own rule, ``rank_min > rank_max``, a budget below its size, a module
+                outside its named block, a wrong parameter count).
         """
         return schema.plan_from_dict(doc)
 
