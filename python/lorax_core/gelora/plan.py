@@ -137,7 +137,7 @@ class RankPlan:
             from peft import LoraConfig
         except ImportError:
             raise ModuleNotFoundError(
-                "RankPlan.to_peft_config needs peft: pip install 'lorax-core[peft]'"
+                "RankPlan.to_peft_config needs peft: pip install '.[peft]' from a source checkout"
             ) from None
         _reject_reserved(lora_kwargs)
         names, r, alpha = self._defaults()

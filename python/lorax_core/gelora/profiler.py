@@ -369,7 +369,8 @@ def _load_transformers(model_dir: Path) -> tuple[nn.Module, Any]:
         from transformers.utils import logging as hf_logging
     except ImportError:
         raise ModuleNotFoundError(
-            "profiling a checkpoint needs transformers: pip install 'lorax-core[transformers]'"
+            "profiling a checkpoint needs transformers: "
+            "pip install '.[transformers]' from a source checkout"
         ) from None
     hf_logging.disable_progress_bar()
     try:

@@ -88,7 +88,7 @@ def require_matplotlib() -> None:
         raise ModuleNotFoundError(_NO_MATPLOTLIB)
 
 
-_NO_MATPLOTLIB = "plotting needs matplotlib: pip install 'lorax-core[plot]'"
+_NO_MATPLOTLIB = "plotting needs matplotlib: pip install '.[plot]' from a source checkout"
 
 
 def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
