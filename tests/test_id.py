@@ -51,8 +51,10 @@ def test_near_copies_follow_the_tolerance() -> None:
 
 def test_fewer_than_three_distinct_points() -> None:
     X = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 3.0], [2.0, 3.0]])
-    with pytest.raises(ValueError, match="fewer than 3 distinct points"):
+    with pytest.raises(ValueError, match="got 2 distinct of 4 points after removing 2 duplicates"):
         lid.twonn(X)
+    with pytest.raises(ValueError, match="got 2 points, none of them a duplicate"):
+        lid.twonn(X[1:3])
 
 
 # --- bad input ----------------------------------------------------------------------------

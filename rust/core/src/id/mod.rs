@@ -168,15 +168,20 @@ fn check_input<T: Real>(x: &MatRef<'_, T>, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn check_count(n: usize, k: usize) -> Result<()> {
+/// Checks that `n` distinct points (of `total` rows) leave room for `k` neighbours.
+fn check_count(n: usize, total: usize, k: usize) -> Result<()> {
+    let distinct = match total - n {
+        0 => format!("{n} points, none of them a duplicate"),
+        removed => format!("{n} distinct of {total} points after removing {removed} duplicates"),
+    };
     if n < 3 {
         return Err(LoraxError::invalid(format!(
-            "X has fewer than 3 distinct points ({n} after removing duplicates)"
+            "X must have at least 3 distinct points, got {distinct}"
         )));
     }
     if k >= n {
         return Err(LoraxError::invalid(format!(
-            "k = {k} must be smaller than the number of distinct points ({n})"
+            "k = {k} must be smaller than the number of distinct points, got {distinct}"
         )));
     }
     Ok(())
@@ -193,7 +198,7 @@ fn estimate_impl<T: Real>(x: &MatRef<'_, T>, est: &Estimator, opts: &Options) ->
     check_input(x, opts)?;
     let k = est.k();
     let mut rows = distinct_rows(x);
-    check_count(rows.len(), k)?;
+    check_count(rows.len(), x.nrows(), k)?;
     let threshold = opts.duplicate_tol * duplicates::rms_norm(x, &rows);
     // Remove near duplicates until none is left; the loop runs once on clean data.
     let stats = loop {
@@ -212,7 +217,7 @@ fn estimate_impl<T: Real>(x: &MatRef<'_, T>, est: &Estimator, opts: &Options) ->
             .filter(|(_, &k)| k)
             .map(|(&r, _)| r)
             .collect();
-        check_count(rows.len(), k)?;
+        check_count(rows.len(), x.nrows(), k)?;
     };
     let dimension = est.fit(&mut stats.clone())?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -331,6 +336,16 @@ mod tests {
         let x = [1.0f64, 1.0, 1.0, 1.0, 2.0, 2.0];
         let p = Points::F64(MatRef::row_major(&x, 3, 2).unwrap());
         let e = estimate(&p, &Estimator::TwoNN(TwoNN::default()), &Options::default());
-        assert!(matches!(e, Err(LoraxError::InvalidArgument(m)) if m.contains("fewer than 3")));
+        assert!(matches!(e, Err(LoraxError::InvalidArgument(m))
+            if m.contains("at least 3 distinct points, got 2 distinct of 3 points after removing 1")));
+    }
+
+    #[test]
+    fn too_few_points_without_duplicates_says_none_was_removed() {
+        let x = [1.0f64, 1.0, 2.0, 2.0];
+        let p = Points::F64(MatRef::row_major(&x, 2, 2).unwrap());
+        let e = estimate(&p, &Estimator::TwoNN(TwoNN::default()), &Options::default());
+        assert!(matches!(e, Err(LoraxError::InvalidArgument(m))
+            if m.contains("got 2 points, none of them a duplicate")));
     }
 }
