@@ -15,11 +15,13 @@ from lorax_core.adapters import (
     trainable_parameters,
     unmerge,
 )
-from lorax_core.gelora import RankPlan, capture_hidden_states, plan_ranks
+from lorax_core.gelora import RankPlan, capture_hidden_states, plan_ranks, profile
 from lorax_core.integrations.peft import export_peft, import_peft
+from lorax_core.training import BiDoRATrainer
 
 __all__ = [
     "AdapterConfig",
+    "BiDoRATrainer",
     "RankPlan",
     "__version__",
     "capture_hidden_states",
@@ -31,6 +33,7 @@ __all__ = [
     "merge",
     "merged_state_dict",
     "plan_ranks",
+    "profile",
     "save_adapter",
     "trainable_parameters",
     "unmerge",

@@ -44,6 +44,7 @@ __all__ = [
     "Constraint",
     "Instance",
     "Integer",
+    "Kind",
     "NoneValue",
     "Options",
     "Real",
@@ -262,6 +263,24 @@ class Satisfies(Constraint):
 
     def accepts(self, value: object) -> bool:
         return bool(self.predicate(value))
+
+
+@dataclass(frozen=True)
+class Kind(Constraint):
+    """Values for which ``predicate`` holds (a duck type, e.g. ``callable``); else ``TypeError``."""
+
+    predicate: Callable[[object], bool]
+    text: str
+
+    @property
+    def rule(self) -> str:  # type: ignore[override]
+        return self.text
+
+    def accepts_type(self, value: object) -> bool:
+        return bool(self.predicate(value))
+
+    def accepts(self, value: object) -> bool:
+        return True
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

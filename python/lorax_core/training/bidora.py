@@ -32,10 +32,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lorax_core._batches import to_device
 from lorax_core._validation import (
-    Constraint,
     Instance,
     Integer,
+    Kind,
     NoneValue,
     Options,
     Real,
@@ -69,30 +70,12 @@ STATE_VERSION = 1
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class _Kind(Constraint):
-    """Values for which ``predicate`` holds; any other value is a ``TypeError``."""
-
-    predicate: Callable[[object], bool]
-    text: str
-
-    @property
-    def rule(self) -> str:  # type: ignore[override]
-        return self.text
-
-    def accepts_type(self, value: object) -> bool:
-        return bool(self.predicate(value))
-
-    def accepts(self, value: object) -> bool:
-        return True
-
-
 def _is_dataset(value: object) -> bool:
     return hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
-CALLABLE = _Kind(callable, "a callable")
-DATASET = _Kind(_is_dataset, "a map-style dataset (len and [i])")
+CALLABLE = Kind(callable, "a callable")
+DATASET = Kind(_is_dataset, "a map-style dataset (len and [i])")
 
 
 # -- building blocks ----------------------------------------------------------------------------
@@ -375,16 +358,6 @@ def check_head(model: nn.Module, head: object, function: str) -> nn.Module | Non
     return head
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 # -- the native trainer ---------------------------------------------------------------------------
 class BiDoRATrainer:
     """Bi-level DoRA training of any ``nn.Module`` with DoRA adapters and any loss.
@@ -555,7 +528,7 @@ class BiDoRATrainer:
 
     def _batch(self, stream: BatchStream) -> Any:
         indices = shard(stream.next_indices(), self.rank, self.world)
-        return _to_device(collate(self.dataset, indices, self.collate_fn), self._device)
+        return to_device(collate(self.dataset, indices, self.collate_fn), self._device)
 
     def _lower_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> float:
         loss = self.loss_fn(self.model, batch)
