@@ -25,6 +25,25 @@ def test_targets_on_real_model(minilm: torch.nn.Module) -> None:
         plan_ranks([10.0, 11.0], minilm, ["query"])
 
 
+def test_names_are_relative_to_the_backbone(minilm: torch.nn.Module, minilm_dir) -> None:  # type: ignore[no-untyped-def]
+    """The base encoder, its classification model (backbone ``bert``) and a PEFT model around
+    that list the same modules under the same names."""
+    import peft
+    from transformers import AutoModelForSequenceClassification
+
+    from lorax_core.adapters.patterns import backbone_prefix
+
+    task = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=3)
+    config = peft.LoraConfig(target_modules=["query", "value"], task_type="SEQ_CLS")
+    wrapped = peft.get_peft_model(task, config)
+    assert backbone_prefix(minilm) == ""
+    assert backbone_prefix(task) == "bert."
+    assert backbone_prefix(wrapped) == "base_model.model.bert."
+    shapes = linear_modules(minilm)
+    assert linear_modules(task) == shapes
+    assert linear_modules(wrapped) == shapes  # LoRA layers count as the Linear they wrap
+
+
 NAMES = [
     f"encoder.layer.{i}.{part}"
     for i in range(3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -111,7 +112,7 @@ def test_peft_gets_exactly_the_planned_ranks(minilm: torch.nn.Module) -> None:
         assert module.scaling["default"] == planned.alpha / planned.rank == 32
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert trainable == plan.num_parameters
-    assert plan.rank_pattern()["^encoder.layer.4.output.dense$"] == 7
+    assert plan.rank_pattern()[r"encoder\.layer\.4\.output\.dense"] == 7
     with pytest.raises(TypeError, match="set by the plan"):
         plan.to_peft_config(target_modules=["query"])
     with pytest.raises(ValueError, match="no modules"):
@@ -129,3 +130,62 @@ def test_lorax_adapters_get_exactly_the_planned_ranks(minilm: torch.nn.Module) -
     assert set(adapted) == set(plan.modules)
     for name, module in adapted.items():
         assert (module.r, module.scaling) == (plan.modules[name].rank, 32.0)
+
+
+def peft_ranks(model: torch.nn.Module) -> dict[str, tuple[int, float]]:
+    """``(r, scaling)`` of every LoRA layer PEFT put into ``model``, read back from PEFT."""
+    import peft
+
+    return {
+        name: (module.r["default"], module.scaling["default"])
+        for name, module in model.named_modules()
+        if isinstance(module, peft.tuners.lora.LoraLayer)
+    }
+
+
+@pytest.mark.parametrize("task", ["base", "sequence classification"])
+def test_a_plan_of_the_encoder_fits_its_task_model_in_peft_and_inject(
+    minilm: torch.nn.Module, minilm_dir: Path, task: str
+) -> None:
+    """Planned on AutoModel; applied to AutoModel or AutoModelForSequenceClassification (whose
+    backbone is ``bert``), through PEFT and through inject: every module gets its planned rank."""
+    import peft
+    from transformers import AutoModelForSequenceClassification
+
+    from lorax_core.adapters import adapted_modules, inject
+
+    plan = profile_plan(minilm)  # names relative to the encoder: encoder.layer.<i>.…
+    assert len({m.rank for m in plan.modules.values()}) > 1
+    if task == "base":
+        model, prefix, kwargs = minilm, "", {}
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=5)
+        model, prefix, kwargs = model.eval(), "bert.", {"task_type": "SEQ_CLS"}
+    expected = {f"{prefix}{n}": (p.rank, p.alpha / p.rank) for n, p in plan.modules.items()}
+
+    peft_model = peft.get_peft_model(copy.deepcopy(model), plan.to_peft_config(**kwargs))
+    read_back = peft_ranks(peft_model)
+    assert read_back == {f"base_model.model.{n}": rs for n, rs in expected.items()}
+    plan.validate_for(peft_model)  # the PEFT-wrapped model: its LoRA layers are the modules
+    assert set(plan.resolve(peft_model)) == set(read_back)
+
+    inject(model, plan)
+    ours = {n: (m.r, m.scaling) for n, m in adapted_modules(model).items()}
+    assert ours == expected
+
+
+def test_resolve_refuses_ambiguous_and_missing_names(minilm: torch.nn.Module) -> None:
+    class Twin(torch.nn.Module):
+        """Two copies of the encoder: every relative name refers to two modules."""
+
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.left, self.right = encoder, copy.deepcopy(encoder)
+
+    plan = profile_plan(minilm)
+    with pytest.raises(ValueError, match=r"more than one module .*left\.encoder\.layer\.0"):
+        plan.validate_for(Twin(minilm))
+    with pytest.raises(ValueError, match=r"lacks: encoder\.layer\.0\.attention\.self\.query"):
+        plan.resolve(minilm.encoder.layer[0])
+    with pytest.raises(TypeError, match=r"^RankPlan\.resolve: model must be a torch\.nn\.Module"):
+        plan.resolve("bert")  # type: ignore[arg-type]

@@ -1,5 +1,10 @@
 """Model structure as GeLoRA sees it: linear modules, their block, and target selection.
 
+Module names are relative to the model's transformer backbone
+(:func:`lorax_core.adapters.patterns.backbone_prefix`): ``layers.0.self_attn.q_proj`` whether
+the model profiled was ``AutoModel``, ``AutoModelForCausalLM`` or a PEFT model around it, so a
+plan applies to each of them (docs/gelora.md).
+
 A module's *block* is read from its dotted name: the first all-digit component ``i`` (as in
 ``encoder.layer.<i>.…`` or ``model.layers.<i>.…``) puts it in block ``i + 1`` (1-based), whose
 hidden state is ``h_{i+1}``. Modules with no numeric component (embeddings, pooler, heads) are
@@ -14,7 +19,12 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from lorax_core._validation import Instance, NoneValue, Satisfies, check, describe
-from lorax_core.adapters.patterns import matches_module_list, module_selected
+from lorax_core.adapters.patterns import (
+    backbone_prefix,
+    is_all_linear,
+    matches_module_list,
+    module_selected,
+)
 
 __all__ = ["ModuleShapes", "block_of", "linear_modules", "select_targets"]
 
@@ -31,13 +41,28 @@ def block_of(name: str) -> int | None:
 
 
 def linear_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Every ``nn.Linear`` of ``model`` inside a block: name -> ``(in_features, out_features)``."""
+    """Every ``nn.Linear`` of ``model``'s backbone inside a block, by backbone-relative name:
+    name -> ``(in_features, out_features)``.
+
+    Modules outside the backbone (a task model's ``lm_head``, ``score``, ``classifier``) are
+    left out. An adapter layer (PEFT's or lorax_core's, holding the layer as ``base_layer``)
+    counts as the linear layer it wraps, under its own name; the layers inside it do not count.
+    """
     check("linear_modules", "model", model, Instance(nn.Module, "a torch.nn.Module"))
-    return {
-        name: (module.in_features, module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and block_of(name) is not None
-    }
+    prefix = backbone_prefix(model)
+    found: dict[str, tuple[int, int]] = {}
+    inside: list[str] = []  # prefixes of adapter layers' children
+    for name, module in model.named_modules():
+        if not name.startswith(prefix) or any(name.startswith(p) for p in inside):
+            continue
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Module):
+            inside.append(name + ".")
+            module = base
+        relative = name[len(prefix) :]
+        if isinstance(module, nn.Linear) and relative and block_of(relative) is not None:
+            found[relative] = (module.in_features, module.out_features)
+    return found
 
 
 def select_targets(modules: ModuleShapes, target_modules: str | Sequence[str] | None) -> list[str]:
@@ -45,8 +70,9 @@ def select_targets(modules: ModuleShapes, target_modules: str | Sequence[str] | 
 
     ``target_modules`` follows PEFT's conventions, matched by the adapters' own matcher
     (:func:`lorax_core.adapters.patterns.module_selected`): ``None`` or ``"all-linear"``
-    selects every module; another string is a regular expression that must match the full
-    name; a sequence of strings selects names equal to an entry or ending in ``"." + entry``.
+    selects every module; another string is a regular expression that must match the whole
+    (backbone-relative) name; a sequence of strings selects names equal to an entry or ending
+    in ``"." + entry``.
 
     Raises:
         TypeError: ``target_modules`` is not a string or a sequence of strings.
@@ -55,7 +81,7 @@ def select_targets(modules: ModuleShapes, target_modules: str | Sequence[str] | 
     """
     target_modules = check("select_targets", "target_modules", target_modules, *_TARGETS)
     names = list(modules)
-    if target_modules is None or target_modules == "all-linear":
+    if target_modules is None or is_all_linear(target_modules):
         return names
     if isinstance(target_modules, str):
         try:
@@ -88,7 +114,3 @@ _TARGETS = (
         "a sequence of module names",
     ),
 )
-
-
-def _matches_any(entry: str, names: Sequence[str]) -> bool:
-    return any(matches_module_list([entry], name) for name in names)

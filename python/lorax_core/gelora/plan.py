@@ -29,6 +29,7 @@ from lorax_core._validation import (
     is_real,
     validate_params,
 )
+from lorax_core.adapters.patterns import resolve_names, suffix_key
 from lorax_core.gelora import schema
 from lorax_core.gelora.modules import ModuleShapes, block_of, linear_modules, select_targets
 from lorax_core.gelora.rule import (
@@ -77,9 +78,16 @@ class ModulePlan:
 class RankPlan:
     """A per-module LoRA rank plan computed from layer IDs (see :func:`plan_ranks`).
 
+    Module names are relative to the model's transformer backbone (``layers.0.self_attn.q_proj``,
+    ``encoder.layer.0.attention.self.query``), so one plan applies to the base model, a task
+    model around it (``…ForCausalLM``, ``…ForSequenceClassification``) and a PEFT model around
+    that: a name refers to the one module whose full name equals it or ends with ``"." +
+    name`` (:meth:`resolve`, docs/gelora.md).
+
     Attributes:
         layers: d_0 … d_L with intervals, and each block's rank/alpha.
-        modules: full module name -> its plan (empty when planned without a model).
+        modules: backbone-relative module name -> its plan (empty when planned without a
+            model).
         c, offset, rank_min, rank_max, alpha_over_r: the rule's parameters (``c`` as solved in
             budget mode).
         budget: the parameter budget the plan was solved for, or None.
@@ -108,12 +116,18 @@ class RankPlan:
         return r * sum(m.in_features + m.out_features for m in self.modules.values())
 
     def rank_pattern(self) -> dict[str, int]:
-        """``{"^<module>$": rank}`` for every planned module (PEFT's ``rank_pattern``)."""
-        return {f"^{name}$": m.rank for name, m in self.modules.items()}
+        """PEFT's ``rank_pattern``: each planned module's name, dots escaped, -> its rank.
+
+        PEFT (``get_pattern_key``) and lorax_core (``AdapterConfig.rank_for``) both match a key
+        against a dotted suffix of the full name, so ``layers\\.0\\.self_attn\\.q_proj``
+        gives its rank to ``model.layers.0.self_attn.q_proj`` of a causal LM as well as to
+        ``layers.0.self_attn.q_proj`` of its base model, and to no other module.
+        """
+        return {suffix_key(name): m.rank for name, m in self.modules.items()}
 
     def alpha_pattern(self) -> dict[str, float]:
-        """``{"^<module>$": alpha}`` for every planned module (PEFT's ``alpha_pattern``)."""
-        return {f"^{name}$": m.alpha for name, m in self.modules.items()}
+        """PEFT's ``alpha_pattern``, keyed as :meth:`rank_pattern`."""
+        return {suffix_key(name): m.alpha for name, m in self.modules.items()}
 
     def _defaults(self) -> tuple[list[str], int, float]:
         if not self.modules:
@@ -164,23 +178,56 @@ class RankPlan:
             **merged,
         )
 
-    def validate_for(self, model: nn.Module) -> None:
-        """Check that ``model`` has every planned module as a Linear of the planned shape.
+    def resolve(self, model: nn.Module) -> dict[str, ModulePlan]:
+        """The planned modules as ``model`` names them: full name -> plan.
+
+        A planned name refers to the one module of ``model`` whose full name equals it or ends
+        with ``"." + name`` — ``layers.0.mlp.up_proj`` is ``model.layers.0.mlp.up_proj`` of a
+        causal LM and ``base_model.model.model.layers.0.mlp.up_proj`` of a PEFT model around
+        it. Modules inside an adapter layer are not candidates (the adapter layer is).
 
         Raises:
-            ValueError: naming the modules the model lacks or whose shapes differ.
+            ValueError: naming the planned modules the model lacks, or that refer to more than
+                one module.
+        """
+        check("RankPlan.resolve", "model", model, _MODULE)
+        found = resolve_names(model, self.modules)
+        missing = [n for n, full in found.items() if not full]
+        if missing:
+            raise ValueError(f"the plan names modules the model lacks: {_short(missing)}")
+        ambiguous = [f"{n} ({', '.join(full[:2])})" for n, full in found.items() if len(full) > 1]
+        if ambiguous:
+            raise ValueError(
+                f"the plan's module names each refer to more than one module of the model: "
+                f"{_short(ambiguous)}"
+            )
+        return {full[0]: self.modules[name] for name, full in found.items()}
+
+    def validate_for(self, model: nn.Module) -> None:
+        """Check that ``model`` has every planned module, once, as a Linear of the planned
+        shape (an adapter layer counts as the Linear it wraps); see :meth:`resolve`.
+
+        Raises:
+            ValueError: naming the modules the model lacks, that are ambiguous, or whose
+                shapes differ.
         """
         check("RankPlan.validate_for", "model", model, _MODULE)
         named = dict(model.named_modules())
-        missing = [n for n in self.modules if n not in named]
-        if missing:
-            raise ValueError(f"the plan names modules the model lacks: {_short(missing)}")
-        wrong = [
-            n
-            for n, m in self.modules.items()
-            if not isinstance(named[n], nn.Linear)
-            or (named[n].in_features, named[n].out_features) != (m.in_features, m.out_features)
-        ]
+        wrong = []
+        for full, planned in self.resolve(model).items():
+            module = named[full]
+            base = getattr(module, "base_layer", None)
+            linear = base if isinstance(base, nn.Linear) else module
+            shape = (planned.in_features, planned.out_features)
+            if (
+                not isinstance(linear, nn.Linear)
+                or (
+                    linear.in_features,
+                    linear.out_features,
+                )
+                != shape
+            ):
+                wrong.append(full)
         if wrong:
             raise ValueError(
                 f"the plan's modules are not Linear layers of the planned shape: {_short(wrong)}"
