@@ -110,6 +110,66 @@ def test_elalora_resume_is_bit_identical(minilm_dir, batches):
     assert resumed.alloc.allocator_.to_json() == full.alloc.allocator_.to_json()
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (ElaLoRA, ELA),
+        (AdaLoRA, {"total_steps": T, "t_init": 1, "t_final": 2, "delta_t": 2, "target_r": 2}),
+    ],
+)
+def test_repeated_step_is_a_no_op(minilm_dir, batches, cls, kwargs):
+    # Gradient accumulation: the callback calls step(t) once per micro-batch with the same t.
+    # Oracle: the same run with one call per step; a second call must neither update the
+    # score EMAs again nor run a second allocation round.
+    once = Run(minilm_dir, cls, **kwargs)
+    twice = Run(minilm_dir, cls, **kwargs)
+    for t in range(1, T + 1):
+        moved = once.step(t, batches)
+        assert twice.step(t, batches) == moved
+        before = twice.alloc.scores_.state_dict()
+        assert twice.alloc.step(t) is False
+        assert twice.alloc.step(t) is False
+        after = twice.alloc.scores_.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    ranks, scores, weights = once.snapshot()
+    r_ranks, r_scores, r_weights = twice.snapshot()
+    assert r_ranks == ranks
+    for key in scores:
+        assert torch.equal(r_scores[key], scores[key]), key
+    for key in weights:
+        assert torch.equal(r_weights[key], weights[key]), key
+    assert twice.alloc.allocator_.to_json() == once.alloc.allocator_.to_json()
+    steps = [s for s, _ in twice.alloc.history()]
+    assert steps and len(steps) == len(set(steps))
+
+
+def test_step_going_backwards_is_refused(minilm_dir):
+    alloc = ElaLoRA(svd_minilm(minilm_dir), **ELA)
+    alloc.step(1)
+    alloc.step(1)
+    with pytest.raises(
+        ValueError, match=r"ElaLoRA.step: global_step must be >= the last step \(1\), got 0"
+    ):
+        alloc.step(0)
+    alloc.step(2)
+    # The last step survives a checkpoint: a resumed allocator ignores a repeat of it and
+    # refuses an earlier step.
+    state = alloc.state_dict()
+    assert state["last_step"] == 2
+    resumed = ElaLoRA(svd_minilm(minilm_dir), **ELA)
+    resumed.load_state_dict(state)
+    assert resumed.step(2) is False
+    with pytest.raises(ValueError, match="global_step"):
+        resumed.step(1)
+    # Older states without the key resume from the last allocation step.
+    legacy = {k: v for k, v in state.items() if k != "last_step"}
+    fresh = ElaLoRA(svd_minilm(minilm_dir), **ELA)
+    fresh.load_state_dict(legacy)
+    assert fresh.last_step_ is None
+    with pytest.raises(ValueError, match=r"state\['last_step'\]"):
+        fresh.load_state_dict({**state, "last_step": -1})
+
+
 def test_adalora_shrinks_compute_to_target(minilm_dir, batches):
     run = Run(minilm_dir, AdaLoRA, total_steps=10, target_r=2, t_init=1, t_final=2, delta_t=2)
     for t in range(1, 11):

@@ -12,6 +12,10 @@ On ordinary steps :meth:`RankAllocatorBase.step` only updates the score EMAs on 
 device (no host synchronisation). On allocation steps the per-rank score vectors go to the Rust
 allocator, and its decision is applied to the adapters and the optimizer state in place; the
 optimizer and any LR scheduler stay the same objects.
+
+``step(t)`` may be called more than once with the same ``t`` (transformers' callback fires once
+per micro-batch under gradient accumulation): only the first call of a step updates the scores
+and allocates, the repeats are no-ops. A ``t`` below the last one is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class RankAllocatorBase:
         self.optimizer: torch.optim.Optimizer | None = None
         self.allocator_ = allocator
         self.scores_ = ImportanceScores(modules, beta1, beta2)
+        # The last step passed to step(); repeats of it are no-ops, earlier steps errors.
+        self.last_step_: int | None = None
         if optimizer is not None:
             self.attach_optimizer(optimizer)
 
@@ -108,9 +114,24 @@ class RankAllocatorBase:
         """Call after ``optimizer.step()`` and before ``zero_grad()`` with the 1-based step.
 
         Updates the scores (while ``t < T - t_final``) and, on allocation steps, reallocates.
-        Returns whether ranks were reallocated at this step.
+        Returns whether ranks were reallocated by this call.
+
+        A repeated ``global_step`` (the same value as the previous call, e.g. one call per
+        micro-batch under gradient accumulation) is a no-op returning ``False``: the scores
+        are not updated twice and no second allocation round runs. A ``global_step`` below the
+        previous one raises ``ValueError``.
         """
-        t = check(f"{type(self).__name__}.step", "global_step", global_step, Integer(low=0))
+        function = f"{type(self).__name__}.step"
+        t = check(function, "global_step", global_step, Integer(low=0))
+        last = self.last_step_
+        if last is not None and t <= last:
+            if t == last:
+                return False
+            raise ValueError(
+                f"{function}: global_step must be >= the last step ({last}), got {t} "
+                "(steps may repeat but not go backwards)"
+            )
+        self.last_step_ = t
         if self.allocator_.updates_scores(t):
             self.scores_.update()
         if not self.allocator_.is_allocation_step(t):
@@ -173,18 +194,37 @@ class RankAllocatorBase:
 
     # -- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """``{"allocator": <versioned JSON str>, "scores": {name: tensor}}``.
+        """``{"allocator": <versioned JSON str>, "scores": {name: tensor}, "last_step": int |
+        None}``.
 
         Save it beside the model's and optimizer's state dicts (the adapters' active ranks are in
-        the model's state dict).
+        the model's state dict). ``last_step`` is the last ``global_step`` passed to
+        :meth:`step`, so that a resumed run also ignores a repeat of it.
         """
-        return {"allocator": self.allocator_.to_json(), "scores": self.scores_.state_dict()}
+        return {
+            "allocator": self.allocator_.to_json(),
+            "scores": self.scores_.state_dict(),
+            "last_step": self.last_step_,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`'s output and sets every adapter's active rank to match."""
+        """Restores :meth:`state_dict`'s output and sets every adapter's active rank to match.
+
+        A state without ``last_step`` (written before it was saved) resumes from the last
+        allocation step.
+        """
         if not isinstance(state, dict) or "allocator" not in state or "scores" not in state:
             raise ValueError("state must be a dict with keys 'allocator' and 'scores'")
         allocator = RankAllocator.from_json(state["allocator"])
+        allocated = [a.step for a in allocator.history()]
+        last_step = state.get("last_step", allocated[-1] if allocated else None)
+        if last_step is not None:
+            check(
+                "load_state_dict",
+                "state['last_step']",
+                last_step,
+                Integer(low=allocated[-1] if allocated else 0),
+            )
         if allocator.method != self.allocator_.method:
             raise ValueError(
                 f"state: holds a {allocator.method} allocator, expected {self.allocator_.method}"
@@ -196,3 +236,4 @@ class RankAllocatorBase:
             if module.active_rank != rank:
                 module.set_active_rank(rank)
         self.allocator_ = allocator
+        self.last_step_ = last_step
