@@ -217,3 +217,12 @@ def test_validate_params() -> None:
     assert plan.__name__ == "plan"
     with pytest.raises(TypeError, match=r"has no parameters \['c'\]"):
         validate_params(c=Real())(plan)
+
+
+def test_duck_type_failures_are_type_errors() -> None:
+    from lorax_core._validation import duck_type
+
+    rule = duck_type(callable, "a callable")
+    assert check("f", "fn", len, rule) is len
+    with pytest.raises(TypeError, match=r"^f: fn must be a callable, got 3 \(int\)$"):
+        check("f", "fn", 3, rule)

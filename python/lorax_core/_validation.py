@@ -44,7 +44,6 @@ __all__ = [
     "Constraint",
     "Instance",
     "Integer",
-    "Kind",
     "NoneValue",
     "Options",
     "Real",
@@ -53,6 +52,7 @@ __all__ = [
     "check_bool",
     "check_options",
     "describe",
+    "duck_type",
     "is_bool",
     "is_integer",
     "is_real",
@@ -248,39 +248,33 @@ class NoneValue(Constraint):
 
 @dataclass(frozen=True)
 class Satisfies(Constraint):
-    """Any value of ``kind`` for which ``predicate`` holds (``rule`` says what it means)."""
+    """Any value of ``kind`` for which ``predicate`` holds (``rule`` says what it means).
+
+    With ``duck=True`` the predicate decides the value's *type* (a value failing it is a
+    ``TypeError``): see :func:`duck_type`.
+    """
 
     kind: type | tuple[type, ...]
     predicate: Callable[[Any], bool]
     text: str
+    duck: bool = False
 
     @property
     def rule(self) -> str:  # type: ignore[override]
         return self.text
 
     def accepts_type(self, value: object) -> bool:
-        return isinstance(value, self.kind) and not isinstance(value, bool)
+        if not isinstance(value, self.kind) or isinstance(value, bool):
+            return False
+        return not self.duck or bool(self.predicate(value))
 
     def accepts(self, value: object) -> bool:
-        return bool(self.predicate(value))
+        return self.duck or bool(self.predicate(value))
 
 
-@dataclass(frozen=True)
-class Kind(Constraint):
-    """Values for which ``predicate`` holds (a duck type, e.g. ``callable``); else ``TypeError``."""
-
-    predicate: Callable[[object], bool]
-    text: str
-
-    @property
-    def rule(self) -> str:  # type: ignore[override]
-        return self.text
-
-    def accepts_type(self, value: object) -> bool:
-        return bool(self.predicate(value))
-
-    def accepts(self, value: object) -> bool:
-        return True
+def duck_type(predicate: Callable[[object], bool], text: str) -> Satisfies:
+    """Values for which ``predicate`` holds (e.g. ``callable``); any other is a ``TypeError``."""
+    return Satisfies(object, predicate, text, duck=True)
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -36,12 +36,12 @@ from lorax_core._batches import to_device
 from lorax_core._validation import (
     Instance,
     Integer,
-    Kind,
     NoneValue,
     Options,
     Real,
     check,
     check_bool,
+    duck_type,
 )
 from lorax_core.adapters import DoraLinear, adapted_modules
 from lorax_core.allocators.distributed import is_distributed
@@ -74,8 +74,8 @@ def _is_dataset(value: object) -> bool:
     return hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
-CALLABLE = Kind(callable, "a callable")
-DATASET = Kind(_is_dataset, "a map-style dataset (len and [i])")
+CALLABLE = duck_type(callable, "a callable")
+DATASET = duck_type(_is_dataset, "a map-style dataset (len and [i])")
 
 
 # -- building blocks ----------------------------------------------------------------------------
