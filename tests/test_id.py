@@ -37,8 +37,9 @@ def test_exact_copies_removed_before_estimating() -> None:
 
 def test_near_copies_follow_the_tolerance() -> None:
     rng = np.random.default_rng(2)
-    rms = np.sqrt(np.mean(np.sum((X0 - X0.mean(0)) ** 2, axis=1)))
-    near = X0[:10] + 1e-10 * rms * rng.standard_normal((10, X0.shape[1])) / np.sqrt(32)
+    # The tolerance's scale: median distance of the points from their coordinate-wise median.
+    scale = np.median(np.linalg.norm(X0 - np.median(X0, axis=0), axis=1))
+    near = X0[:10] + 1e-10 * scale * rng.standard_normal((10, X0.shape[1])) / np.sqrt(32)
     X = np.vstack([X0, near])
     clean = lid.twonn(X0)
     est = lid.TwoNN().fit(X)
@@ -47,6 +48,39 @@ def test_near_copies_follow_the_tolerance() -> None:
     strict = lid.TwoNN(duplicate_tol=0.0).fit(X)
     assert strict.n_duplicates_ == 0
     assert strict.dimension_ != pytest.approx(clean, rel=1e-3)
+
+
+def test_one_far_outlier_removes_no_distinct_point() -> None:
+    # With a tolerance scaled by the RMS norm, one row 1e8 away made hundreds of these
+    # distinct points "near duplicates". Oracle: scikit-dimension, which removes nothing.
+    X = np.random.default_rng(3).standard_normal((1000, 5))
+    outlier = np.zeros((1, 5))
+    outlier[0, 0] = 1e8
+    Y = np.vstack([X, outlier])
+    for ours, theirs in (
+        (lid.TwoNN(), skdim.id.TwoNN()),
+        (lid.MLE(), skdim.id.MLE()),
+    ):
+        est = ours.fit(Y)
+        assert est.n_duplicates_ == 0
+        np.testing.assert_allclose(est.dimension_, theirs.fit(Y).dimension_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [1e200, 1e-200, 1e300, 1e-300])
+def test_extreme_magnitudes_keep_neighbours_and_estimates(factor: float) -> None:
+    # A float32 copy of X·1e±200 overflows or flushes to zero; the estimates are scale-invariant
+    # and must equal those of X.
+    X = embedded_gaussian(600, 4, 12, seed=5)
+    Y = X * factor
+    d_x, i_x = lid.nearest_neighbors(X, 5)
+    d_y, i_y = lid.nearest_neighbors(Y, 5)
+    np.testing.assert_array_equal(i_y, i_x)
+    np.testing.assert_allclose(d_y / factor, d_x, rtol=1e-12)
+    for est in (lid.TwoNN(), lid.MLE(), lid.TwoNN(method="mle", discard_fraction=0.0)):
+        want = type(est)(**est.get_params()).fit(X)
+        got = est.fit(Y)
+        assert got.n_duplicates_ == want.n_duplicates_ == 0
+        np.testing.assert_allclose(got.dimension_, want.dimension_, rtol=1e-9)
 
 
 def test_fewer_than_three_distinct_points() -> None:

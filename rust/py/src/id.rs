@@ -140,7 +140,8 @@ impl PyOptions {
         self.inner.scales
     }
 
-    /// Near-duplicate tolerance relative to the data's RMS norm.
+    /// Near-duplicate tolerance relative to the data's robust scale (the median distance of
+    /// the points from their coordinate-wise median).
     #[getter]
     fn duplicate_tol(&self) -> f64 {
         self.inner.duplicate_tol

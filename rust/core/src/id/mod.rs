@@ -12,13 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::error::{Context, LoraxError, Result};
-use crate::knn::{knn_subset, MatRef, Points, Real};
+use crate::knn::{knn_scaled, unit_scale, MatRef, Points, Real};
 pub use duplicates::distinct_rows;
 pub use mle::{Comb, Mle};
 pub use twonn::{TwoNN, TwoNNMethod};
 
-/// Default relative tolerance of the near-duplicate rule: pairs closer than
-/// `1e-7 × RMS norm` count as copies.
+/// Default relative tolerance of the near-duplicate rule: pairs closer than `1e-7 ×` the data's
+/// robust scale (the median distance of the points from their coordinate-wise median, see
+/// [`duplicates::robust_scale`]) count as copies.
 pub const DEFAULT_DUPLICATE_TOL: f64 = 1e-7;
 
 /// Most bootstrap resamples: far more than a 95% interval needs, few enough to allocate.
@@ -79,7 +80,8 @@ pub struct Options {
     pub seed: u64,
     /// Also estimate on nested random halves `N, N/2, N/4, …`.
     pub scales: bool,
-    /// Near-duplicate tolerance relative to the data's RMS norm (≥ 0).
+    /// Near-duplicate tolerance relative to the data's robust scale, the median distance of
+    /// the points from their coordinate-wise median (≥ 0).
     pub duplicate_tol: f64,
 }
 
@@ -187,9 +189,14 @@ fn check_count(n: usize, total: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Per-point statistics of the subset `rows`.
-fn local_stats<T: Real>(x: &MatRef<'_, T>, rows: &[usize], est: &Estimator) -> Result<Vec<f64>> {
-    let nn = knn_subset(x, rows, est.k())?;
+/// Per-point statistics of the subset `rows` of `x·scale`.
+fn local_stats<T: Real>(
+    x: &MatRef<'_, T>,
+    rows: &[usize],
+    scale: f64,
+    est: &Estimator,
+) -> Result<Vec<f64>> {
+    let nn = knn_scaled(x, rows, est.k(), scale)?;
     Ok((0..nn.len()).map(|i| est.local(nn.distances(i))).collect())
 }
 
@@ -199,10 +206,14 @@ fn estimate_impl<T: Real>(x: &MatRef<'_, T>, est: &Estimator, opts: &Options) ->
     let k = est.k();
     let mut rows = distinct_rows(x);
     check_count(rows.len(), x.nrows(), k)?;
-    let threshold = opts.duplicate_tol * duplicates::rms_norm(x, &rows);
+    // The estimates are scale-invariant: work on `x` times a power of two that brings it to
+    // unit magnitude (exact), so data of magnitude 1e±200 neither overflows nor underflows,
+    // and `x·2^j` gives bit-identical results to `x`.
+    let scale = unit_scale(x, &rows);
+    let threshold = opts.duplicate_tol * duplicates::robust_scale(x, &rows, scale);
     // Remove near duplicates until none is left; the loop runs once on clean data.
     let stats = loop {
-        let nn = knn_subset(x, &rows, k)?;
+        let nn = knn_scaled(x, &rows, k, scale)?;
         let drop = duplicates::near_duplicates(&nn, threshold);
         if drop.is_empty() {
             break (0..nn.len())
@@ -231,7 +242,7 @@ fn estimate_impl<T: Real>(x: &MatRef<'_, T>, est: &Estimator, opts: &Options) ->
         let mut out = vec![(rows.len(), dimension)];
         for subset in &subsets[1..] {
             let sub: Vec<usize> = subset.iter().map(|&i| rows[i]).collect();
-            let mut s = local_stats(x, &sub, est)?;
+            let mut s = local_stats(x, &sub, scale, est)?;
             out.push((sub.len(), est.fit(&mut s)?));
         }
         Some(out)
@@ -329,6 +340,109 @@ mod tests {
                 .ci,
             r.ci
         );
+    }
+
+    /// `n` standard Gaussian points in `dim` dimensions.
+    fn gaussian(n: usize, dim: usize, seed: u64) -> Vec<f64> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * dim)
+            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal))
+            .collect()
+    }
+
+    #[test]
+    fn one_far_outlier_removes_no_distinct_point() {
+        // With a tolerance scaled by the RMS norm, the row 1e8 away made the threshold ~0.3
+        // and hundreds of distinct Gaussian points were dropped as "duplicates".
+        let (n, dim) = (1000, 4);
+        let x = gaussian(n, dim, 21);
+        let mut y = x.clone();
+        y.extend([1e8, 0.0, 0.0, 0.0]);
+        for est in [
+            Estimator::TwoNN(TwoNN::default()),
+            Estimator::Mle(Mle::default()),
+        ] {
+            let r = estimate(
+                &Points::F64(MatRef::row_major(&y, n + 1, dim).unwrap()),
+                &est,
+                &Options::default(),
+            )
+            .unwrap();
+            assert_eq!(r.n_duplicates, 0, "{est:?}");
+            // Same neighbours as without duplicate removal: the exact statistics with the
+            // outlier kept, from a plain brute-force scan.
+            let mut stats: Vec<f64> = (0..=n)
+                .map(|i| {
+                    let row = |a: usize| &y[a * dim..(a + 1) * dim];
+                    let mut d: Vec<f64> = (0..=n)
+                        .filter(|&j| j != i)
+                        .map(|j| {
+                            row(i)
+                                .iter()
+                                .zip(row(j))
+                                .map(|(u, v)| (u - v) * (u - v))
+                                .sum::<f64>()
+                                .sqrt()
+                        })
+                        .collect();
+                    d.sort_by(f64::total_cmp);
+                    est.local(&d[..est.k()])
+                })
+                .collect();
+            let want = est.fit(&mut stats).unwrap();
+            assert!(
+                (r.dimension - want).abs() <= 1e-12 * want,
+                "{} vs {want}",
+                r.dimension
+            );
+        }
+    }
+
+    #[test]
+    fn estimates_are_invariant_to_extreme_scales() {
+        let (n, dim) = (800, 5);
+        let x = cube(n, 3, dim, 8);
+        let opts = Options {
+            bootstrap: 20,
+            scales: true,
+            ..Options::default()
+        };
+        for est in [
+            Estimator::TwoNN(TwoNN::default()),
+            Estimator::Mle(Mle::default()),
+        ] {
+            let want = estimate(
+                &Points::F64(MatRef::row_major(&x, n, dim).unwrap()),
+                &est,
+                &opts,
+            )
+            .unwrap();
+            for f in [1e200, 1e-200, 1e300, 1e-300] {
+                let y: Vec<f64> = x.iter().map(|v| v * f).collect();
+                let got = estimate(
+                    &Points::F64(MatRef::row_major(&y, n, dim).unwrap()),
+                    &est,
+                    &opts,
+                )
+                .unwrap();
+                assert_eq!(got.n_duplicates, 0);
+                assert!(
+                    (got.dimension - want.dimension).abs() <= 1e-9 * want.dimension,
+                    "{est:?} x{f}: {} vs {}",
+                    got.dimension,
+                    want.dimension
+                );
+            }
+            // Power-of-two factors are exact: bit-identical results, interval and scales too.
+            let y: Vec<f64> = x.iter().map(|v| v * 2f64.powi(-700)).collect();
+            let got = estimate(
+                &Points::F64(MatRef::row_major(&y, n, dim).unwrap()),
+                &est,
+                &opts,
+            )
+            .unwrap();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

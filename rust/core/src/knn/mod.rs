@@ -1,8 +1,13 @@
 //! Exact k-nearest neighbours by blocked GEMM distances with the selection fused into each tile.
 //!
 //! Algorithm (docs/intrinsic-dimension.md):
-//! 1. Centre the points (float64 mean) and copy them once to row-major float32 with their
-//!    squared norms.
+//! 1. Scale the points by a power of two `s` that brings their largest magnitude into
+//!    `[0.5, 1)` ([`unit_scale`]; exact in binary, so neighbours do not change), centre them
+//!    (float64 mean) and copy them once to row-major float32 with their squared norms. Without
+//!    the scaling, data of magnitude 1e±200 would overflow or underflow float32 (and its
+//!    squared distances float64) and silently give wrong neighbours. After it the float32 copy
+//!    is bounded by 8 in magnitude; values it cannot resolve (a dynamic range beyond float32
+//!    within one data set) only make the proof of step 4 fail, which falls back to float64.
 //! 2. Split the rows into blocks of [`tiles::BLOCK`]. Every unordered block pair `(I, J)` is
 //!    one GEMM tile `X_I X_Jᵀ`; its squared distances `‖x‖² + ‖y‖² − 2x·y` (clamped at 0) are
 //!    offered to the candidate lists of the rows of `I` *and* of `J`, so each distance is
@@ -11,7 +16,7 @@
 //! 3. Tiles run in parallel (rayon) in round-robin rounds in which no two tiles share a block,
 //!    so the per-block locks never contend.
 //! 4. Each row keeps `k + EXTRA` float32 candidates; their distances are recomputed in float64
-//!    from the original data and sorted by `(distance, index)`. A rigorous bound on the float32
+//!    from the original data (times `s`) and sorted by `(distance, index)`. A rigorous bound on the float32
 //!    rounding error proves that no point outside the candidates can be closer; rows where the
 //!    proof fails are recomputed exactly by a float64 scan over all points.
 //!
@@ -123,15 +128,48 @@ fn validate<T: Real>(x: &MatRef<'_, T>, rows: &[usize], k: usize) -> Result<()> 
     Ok(())
 }
 
-/// Column means (float64) of the selected rows.
-pub(crate) fn column_means<T: Real>(x: &MatRef<'_, T>, rows: &[usize]) -> Vec<f64> {
+/// Power of two `s` with `max |x·s|` over the selected rows in `[0.5, 1)`, or 1 for all-zero
+/// data; clamped to `2^-1022 ≤ s ≤ 2^1020` so that `s` and `1/s` are normal numbers (data
+/// near `f64::MAX` then scales to below 4, data below `2^-1020` to below 1). Multiplying by `s` is
+/// exact (no rounding) unless a value falls into the subnormal range, so distances scale by
+/// exactly `s` and their order is unchanged. The values must be finite.
+pub fn unit_scale<T: Real>(x: &MatRef<'_, T>, rows: &[usize]) -> f64 {
+    let max = rows
+        .par_iter()
+        .map(|&r| x.row_f64(r).fold(0.0f64, |m, v| m.max(v.abs())))
+        .reduce(|| 0.0, f64::max);
+    if !(max > 0.0 && max.is_finite()) {
+        return 1.0;
+    }
+    // `max = f · 2^e` with `f` in [0.5, 1); read `e` from the bits (subnormals first scaled up).
+    let (m, shift) = if max < f64::MIN_POSITIVE {
+        (max * 2f64.powi(64), 64)
+    } else {
+        (max, 0)
+    };
+    let e = ((m.to_bits() >> 52) & 0x7ff) as i32 - 1022 - shift;
+    2f64.powi((-e).clamp(-1022, 1020))
+}
+
+/// Row `r` of `x` in float64, times `scale`.
+#[inline]
+pub(crate) fn scaled_row<'a, T: Real>(
+    x: &'a MatRef<'_, T>,
+    r: usize,
+    scale: f64,
+) -> impl Iterator<Item = f64> + 'a {
+    x.row_f64(r).map(move |v| v * scale)
+}
+
+/// Column means (float64) of the selected rows, times `scale`.
+pub(crate) fn column_means<T: Real>(x: &MatRef<'_, T>, rows: &[usize], scale: f64) -> Vec<f64> {
     let d = x.ncols();
     let mut mean = rows
         .par_chunks(1024)
         .map(|chunk| {
             let mut acc = vec![0.0f64; d];
             for &r in chunk {
-                for (a, v) in acc.iter_mut().zip(x.row_f64(r)) {
+                for (a, v) in acc.iter_mut().zip(scaled_row(x, r, scale)) {
                     *a += v;
                 }
             }
@@ -149,9 +187,9 @@ pub(crate) fn column_means<T: Real>(x: &MatRef<'_, T>, rows: &[usize]) -> Vec<f6
     mean
 }
 
-fn centre<T: Real>(x: &MatRef<'_, T>, rows: &[usize]) -> Centred {
+fn centre<T: Real>(x: &MatRef<'_, T>, rows: &[usize], scale: f64) -> Centred {
     let d = x.ncols();
-    let mean = column_means(x, rows);
+    let mean = column_means(x, rows, scale);
     let mut xc = vec![0.0f32; rows.len() * d];
     let mut sq = vec![0.0f32; rows.len()];
     xc.par_chunks_mut(d)
@@ -159,7 +197,7 @@ fn centre<T: Real>(x: &MatRef<'_, T>, rows: &[usize]) -> Centred {
         .zip(rows.par_iter())
         .for_each(|((dst, s), &r)| {
             let mut acc = 0.0f64;
-            for ((o, v), m) in dst.iter_mut().zip(x.row_f64(r)).zip(&mean) {
+            for ((o, v), m) in dst.iter_mut().zip(scaled_row(x, r, scale)).zip(&mean) {
                 *o = (v - m) as f32;
                 acc += f64::from(*o) * f64::from(*o);
             }
@@ -214,11 +252,11 @@ fn candidates(c: &Centred, n: usize, cap: usize) -> Vec<TopK> {
         .collect()
 }
 
-/// Exact float64 squared distance between rows `a` and `b` of `x`.
+/// Exact float64 squared distance between rows `a` and `b` of `x·scale`.
 #[inline]
-fn exact_d2<T: Real>(x: &MatRef<'_, T>, a: usize, b: usize) -> f64 {
-    x.row_f64(a)
-        .zip(x.row_f64(b))
+fn exact_d2<T: Real>(x: &MatRef<'_, T>, a: usize, b: usize, scale: f64) -> f64 {
+    scaled_row(x, a, scale)
+        .zip(scaled_row(x, b, scale))
         .map(|(u, v)| (u - v) * (u - v))
         .sum()
 }
@@ -228,11 +266,29 @@ fn sort_pairs(pairs: &mut [(f64, usize)]) {
     pairs.sort_unstable_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
 }
 
-/// [`knn_rows`] for one element type.
+/// [`knn_rows`] for one element type. Distances are in the units of `x`; one that exceeds the
+/// float64 range (possible only for values near `f64::MAX`) is `inf`.
 pub fn knn_subset<T: Real>(x: &MatRef<'_, T>, rows: &[usize], k: usize) -> Result<Neighbours> {
     validate(x, rows, k)?;
+    let scale = unit_scale(x, rows);
+    let mut nn = knn_scaled(x, rows, k, scale)?;
+    let inv = 1.0 / scale;
+    nn.distances.iter_mut().for_each(|d| *d *= inv);
+    Ok(nn)
+}
+
+/// [`knn_subset`] of the points `x·scale` (`scale` a power of two, normally
+/// [`unit_scale`]): the same neighbours, distances in the scaled units. Scale-invariant
+/// statistics use these directly, so they never overflow.
+pub(crate) fn knn_scaled<T: Real>(
+    x: &MatRef<'_, T>,
+    rows: &[usize],
+    k: usize,
+    scale: f64,
+) -> Result<Neighbours> {
+    validate(x, rows, k)?;
     let n = rows.len();
-    let c = centre(x, rows);
+    let c = centre(x, rows, scale);
     let cap = (k + EXTRA).min(n - 1);
     let tops = candidates(&c, n, cap);
     let norm_max = c.sq.iter().fold(0.0f32, |m, &s| m.max(s)).sqrt() as f64;
@@ -249,7 +305,7 @@ pub fn knn_subset<T: Real>(x: &MatRef<'_, T>, rows: &[usize], k: usize) -> Resul
             let (values, cand) = tops[p / BLOCK].row(p % BLOCK);
             let mut pairs: Vec<(f64, usize)> = cand
                 .iter()
-                .map(|&j| (exact_d2(x, rows[p], rows[j as usize]), j as usize))
+                .map(|&j| (exact_d2(x, rows[p], rows[j as usize], scale), j as usize))
                 .collect();
             sort_pairs(&mut pairs);
             let proven = cap == n - 1 || {
@@ -260,7 +316,7 @@ pub fn knn_subset<T: Real>(x: &MatRef<'_, T>, rows: &[usize], k: usize) -> Resul
             if !proven {
                 pairs = (0..n)
                     .filter(|&j| j != p)
-                    .map(|j| (exact_d2(x, rows[p], rows[j]), j))
+                    .map(|j| (exact_d2(x, rows[p], rows[j], scale), j))
                     .collect();
                 sort_pairs(&mut pairs);
             }
@@ -289,7 +345,7 @@ mod tests {
         for i in 0..n {
             let mut p: Vec<(f64, usize)> = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| (exact_d2(&m, i, j), j))
+                .map(|j| (exact_d2(&m, i, j, 1.0), j))
                 .collect();
             sort_pairs(&mut p);
             for &(d2, j) in &p[..k] {
@@ -347,6 +403,67 @@ mod tests {
         assert_eq!(got.indices(5), &[4, 6]);
         assert_eq!(got.distances(5), &[1.0, 1.0]);
         assert_eq!(got.indices(0), &[1, 2]);
+    }
+
+    #[test]
+    fn extreme_magnitudes_give_the_same_neighbours() {
+        // 1e±200 overflows (or flushes) a float32 copy and overflows float64 squared
+        // distances; the power-of-two scaling keeps the neighbours of X.
+        let (n, d, k) = (300, 6, 5);
+        let x = random(n, d, 7);
+        let want = knn(&Points::F64(MatRef::row_major(&x, n, d).unwrap()), k).unwrap();
+        for f in [1e200, 1e-200, 1e300, 1e-300, f64::MAX / 4.0] {
+            let y: Vec<f64> = x.iter().map(|v| v * f).collect();
+            let got = knn(&Points::F64(MatRef::row_major(&y, n, d).unwrap()), k).unwrap();
+            assert_eq!(got.all_indices(), want.all_indices(), "scale {f}");
+            for (g, w) in got.all_distances().iter().zip(want.all_distances()) {
+                assert!(((g / f) - w).abs() <= 1e-12 * w, "scale {f}: {g} vs {w}");
+            }
+        }
+        // Single precision: magnitudes near the float32 limits.
+        for f in [1e30f32, 1e-30] {
+            let y: Vec<f32> = x.iter().map(|&v| v as f32 * f).collect();
+            let y64: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+            let got = knn(&Points::F32(MatRef::row_major(&y, n, d).unwrap()), k).unwrap();
+            assert_eq!(got, brute(&y64, n, d, k), "scale {f}");
+        }
+    }
+
+    #[test]
+    fn unit_scale_is_a_power_of_two_bringing_the_maximum_below_one() {
+        for max in [1.0f64, 0.75, 3.0, 1e200, 1e-200, 5e-324, f64::MAX, 1e-310] {
+            let x = [max, -max / 3.0];
+            let s = unit_scale(&MatRef::row_major(&x, 2, 1).unwrap(), &[0, 1]);
+            assert_eq!(
+                s.to_bits() & ((1 << 52) - 1),
+                0,
+                "{max}: {s} is not a power of two"
+            );
+            let m = max * s;
+            let clamped = s == 2f64.powi(1020) || s == 2f64.powi(-1022);
+            assert!(
+                m < 4.0 && (clamped || (0.5..1.0).contains(&m)),
+                "{max}: {m}"
+            );
+        }
+        let z = [0.0f64; 4];
+        assert_eq!(
+            unit_scale(&MatRef::row_major(&z, 4, 1).unwrap(), &[0, 1, 2, 3]),
+            1.0
+        );
+    }
+
+    #[test]
+    fn wide_dynamic_range_within_one_set_stays_exact() {
+        // Coordinates from 1e-30 to 1e30 in one set: the float32 screen cannot resolve the
+        // small ones, so the proof fails and those rows are recomputed in float64.
+        let (n, d, k) = (200, 3, 4);
+        let mut x = random(n, d, 11);
+        for (i, v) in x.iter_mut().enumerate() {
+            *v *= if i % 7 == 0 { 1e30 } else { 1e-30 };
+        }
+        let got = knn(&Points::F64(MatRef::row_major(&x, n, d).unwrap()), k).unwrap();
+        assert_eq!(got, brute(&x, n, d, k));
     }
 
     #[test]
