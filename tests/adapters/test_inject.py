@@ -253,3 +253,45 @@ def test_inputs_torch_would_choke_on_are_refused_first(
         inject(model, AdapterConfig(target_modules=["0", "2"], **kwargs))
     assert not adapted_modules(model)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("task", ["base", "sequence classification"])
+def test_all_linear_selects_what_peft_selects(pristine: nn.Module, minilm_dir, task: str) -> None:  # type: ignore[no-untyped-def]
+    """``"all-linear"``: every nn.Linear except the output head, as PEFT's shorthand (for a
+    classifier, PEFT's SEQ_CLS task type leaves out the ``classifier`` head too)."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForSequenceClassification
+
+    if task == "base":
+        model, peft_kwargs = pristine, {}
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=5)
+        peft_kwargs = {"task_type": "SEQ_CLS"}
+    theirs = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear", **peft_kwargs)
+    )
+    expected = {
+        name.removeprefix("base_model.model.")
+        for name, module in theirs.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    assert len(expected) == 6 * 6 + 1  # the blocks' linears and the pooler
+    ours = inject(copy.deepcopy(model), AdapterConfig(r=2, target_modules="all-linear"))
+    assert set(adapted_modules(ours)) == expected
+    assert not any(name.startswith("classifier") for name in adapted_modules(ours))
+    fewer = inject(
+        copy.deepcopy(model),
+        AdapterConfig(r=2, target_modules="ALL-LINEAR", exclude_modules=["pooler.dense"]),
+    )
+    assert set(adapted_modules(fewer)) == {n for n in expected if not n.endswith("pooler.dense")}
+
+
+def test_all_linear_without_linear_layers_is_refused() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.classifier = nn.Linear(4, 2)
+
+    with pytest.raises(ValueError, match=r"'all-linear' selects no module.*\['classifier'\]"):
+        inject(Head(), AdapterConfig(target_modules="all-linear"))

@@ -1,6 +1,6 @@
 """Low-rank adapters for ``nn.Linear``: LoRA, SLoRA, DoRA and the SVD form, each registered
 once in :mod:`lorax_core.adapters.registry`; their initialisers (:mod:`lorax_core.adapters.init`),
-injection into models, merge/unmerge, and safetensors save/load."""
+injection into models, merge/unmerge, tied weights, and safetensors save/load."""
 
 from lorax_core.adapters import init
 from lorax_core.adapters.config import AdapterConfig
@@ -19,6 +19,7 @@ from lorax_core.adapters.merge import merge, merged_state_dict, unmerge
 from lorax_core.adapters.registry import AdapterForm, form_names, get_form, register_form
 from lorax_core.adapters.slora import SLoraLinear
 from lorax_core.adapters.svd import SVDLinear
+from lorax_core.adapters.tied import untie_weights
 
 __all__ = [
     "AdapterConfig",
@@ -42,4 +43,5 @@ __all__ = [
     "save_adapter",
     "trainable_parameters",
     "unmerge",
+    "untie_weights",
 ]

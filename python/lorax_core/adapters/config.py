@@ -92,8 +92,10 @@ class AdapterConfig:
     r: rank of every adapted module unless ``rank_pattern`` says otherwise.
     alpha: scaling numerator; the adapter output is multiplied by ``alpha / r``
         (``alpha / sqrt(r)`` with ``use_rslora``).
-    target_modules: modules to adapt — a list of names matched by equality or dotted suffix, or a
-        regex string that must match the whole name. Required.
+    target_modules: modules to adapt — a list of names matched by equality or dotted suffix, a
+        regex string that must match the whole name, or ``"all-linear"`` (PEFT's shorthand:
+        every ``nn.Linear`` except the output heads, i.e. ``get_output_embeddings()`` such as
+        a causal LM's ``lm_head``, and a ``score``/``classifier`` head). Required.
     rank_pattern, alpha_pattern: per-module overrides; keys are regexes matched against a dotted
         suffix of the name up to its end (``"^<full name>$"`` or a plain suffix), first key wins.
     init: ``"default"`` (the form's own, docs/initialisation.md), or ``"nlora"`` (slora),
@@ -109,6 +111,11 @@ class AdapterConfig:
     exclude_modules: modules never adapted (same forms as ``target_modules``).
     autocast_adapter_dtype: keep adapter parameters in float32 when the base weight is
         float16/bfloat16 (as PEFT does); otherwise adapters use the base weight's dtype.
+    untie_weights: give each targeted module whose weight is tied to another parameter (a
+        causal LM's ``lm_head`` and its input embedding) its own copy of the weight at inject /
+        load, with a warning; the other parameters keep the original tensor. Off, a residual
+        init on a tied module is refused, and so are ``merge``/``merged_state_dict`` later
+        (:mod:`lorax_core.adapters.tied`, docs/adapters.md).
 
     The form options (``train``, ``detach_norm``, ``r_max``: the keyword options of a form's
     ``build``) must keep their defaults for a method whose form does not take them.
@@ -130,6 +137,7 @@ class AdapterConfig:
     seed: int = 0
     exclude_modules: str | list[str] | None = None
     autocast_adapter_dtype: bool = True
+    untie_weights: bool = False
 
     def __post_init__(self) -> None:
         self.method = check(_NAME, "method", self.method, Options(form_names()))
@@ -151,7 +159,7 @@ class AdapterConfig:
                 f"{self.method!r}, got {self.init!r}"
             )
         self.dropout = check(_NAME, "dropout", self.dropout, Real(0.0, 1.0, closed="left"))
-        for name in ("use_rslora", "detach_norm", "autocast_adapter_dtype"):
+        for name in ("use_rslora", "detach_norm", "autocast_adapter_dtype", "untie_weights"):
             setattr(self, name, check_bool(_NAME, name, getattr(self, name)))
         self.train = check(_NAME, "train", self.train, Options(TRAIN_MODES))
         self._check_form_options(form.options)

@@ -10,11 +10,21 @@ import torch
 from torch import nn
 
 from lorax_core._validation import Instance, check
-from lorax_core.adapters.config import AdapterConfig
+from lorax_core.adapters.config import RESIDUAL_INITS, AdapterConfig
 from lorax_core.adapters.init import initialize
 from lorax_core.adapters.layer import AdapterLinear
-from lorax_core.adapters.patterns import matches_module_list, module_selected, pattern_key
+from lorax_core.adapters.patterns import (
+    ALL_LINEAR,
+    all_linear_names,
+    is_all_linear,
+    is_excluded,
+    matches_module_list,
+    module_selected,
+    output_head_names,
+    pattern_key,
+)
 from lorax_core.adapters.registry import get_form
+from lorax_core.adapters.tied import shared_weights, tied_error, untie
 
 __all__ = [
     "TrainableCounts",
@@ -79,14 +89,33 @@ def adapted_modules(model: nn.Module) -> dict[str, AdapterLinear]:
 
 
 def adapter_config(model: nn.Module) -> AdapterConfig:
-    """The config ``inject`` (or ``load_adapter``) used on ``model``."""
+    """The config ``inject`` (or ``load_adapter``) used on ``model``.
+
+    Raises:
+        ValueError: ``model`` was not injected; when a submodule was (``inject(causal_lm.model,
+            …)``), the message names it: save or merge that submodule, or inject into the
+            whole model.
+    """
     config = getattr(model, CONFIG_ATTR, None)
-    if not isinstance(config, AdapterConfig):
+    if isinstance(config, AdapterConfig):
+        return config
+    inner = next(
+        (
+            name
+            for name, module in model.named_modules()
+            if name and isinstance(getattr(module, CONFIG_ATTR, None), AdapterConfig)
+        ),
+        None,
+    )
+    if inner is not None:
         raise ValueError(
-            "adapter_config: model must have adapters injected by lorax_core.inject, got one "
-            "without"
+            f"adapter_config: model must have adapters injected by lorax_core.inject, got one "
+            f"whose submodule {inner!r} was injected instead; pass that submodule, or inject into "
+            "the whole model (a rank plan's module names apply to it as well)"
         )
-    return config
+    raise ValueError(
+        "adapter_config: model must have adapters injected by lorax_core.inject, got one without"
+    )
 
 
 def held_adapter(model: nn.Module) -> tuple[str, str] | None:
@@ -158,15 +187,35 @@ def _resolve(config_or_plan: object, overrides: dict[str, Any]) -> AdapterConfig
 
 def select_modules(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Linear]:
     """The modules ``config`` targets, validated: every target entry and every rank/alpha
-    pattern key must match something, and every match must be an ``nn.Linear``."""
+    pattern key must match something, and every match must be an ``nn.Linear``.
+
+    ``target_modules="all-linear"`` (PEFT's shorthand, any letter case) selects every
+    ``nn.Linear`` except the output heads (:func:`lorax_core.adapters.patterns.output_head_names`:
+    ``get_output_embeddings()`` — a causal LM's ``lm_head`` — and a ``score``/``classifier``
+    head), then ``exclude_modules`` applies.
+    """
     modules = {name: module for name, module in model.named_modules() if name}
     targets = config.target_modules
     assert targets is not None  # AdapterConfig guarantees it
+    linear = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
+    hint = f"; nn.Linear modules of the model include {linear[:6]}"
+    if is_all_linear(targets):
+        selected = {
+            n: modules[n]
+            for n in all_linear_names(model)
+            if not is_excluded(config.exclude_modules, n)
+        }
+        if not selected:
+            heads = output_head_names(model)
+            raise ValueError(
+                f"target_modules {ALL_LINEAR!r} selects no module: the model has no nn.Linear "
+                f"outside its output heads {heads} and exclude_modules{hint}"
+            )
+        _check_patterns(config, selected)
+        return selected  # type: ignore[return-value]
     selected = {
         n: m for n, m in modules.items() if module_selected(targets, config.exclude_modules, n)
     }
-    linear = sorted(n for n, m in modules.items() if isinstance(m, nn.Linear))
-    hint = f"; nn.Linear modules of the model include {linear[:6]}"
     if isinstance(targets, str):
         if not selected:
             raise ValueError(f"target_modules regex {targets!r} matches no module{hint}")
@@ -174,14 +223,19 @@ def select_modules(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Line
         for entry in targets:
             if not any(matches_module_list([entry], n) for n in selected):
                 raise ValueError(f"target_modules entry {entry!r} matches no module{hint}")
-    for field in ("rank_pattern", "alpha_pattern"):
-        for key in getattr(config, field) or {}:
-            if not any(pattern_key([key], n) is not None for n in selected):
-                raise ValueError(f"{field} key {key!r} matches no targeted module")
+    _check_patterns(config, selected)
     wrong = {n: type(m).__name__ for n, m in selected.items() if not isinstance(m, nn.Linear)}
     if wrong:
         raise ValueError(f"target_modules selects modules that are not nn.Linear: {wrong}")
     return selected  # type: ignore[return-value]
+
+
+def _check_patterns(config: AdapterConfig, selected: dict[str, nn.Module]) -> None:
+    """Every rank/alpha pattern key must apply to a targeted module."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(config, field) or {}:
+            if not any(pattern_key([key], n) is not None for n in selected):
+                raise ValueError(f"{field} key {key!r} matches no targeted module")
 
 
 def inject(model: nn.Module, config_or_plan: object, **overrides: Any) -> nn.Module:
@@ -192,7 +246,11 @@ def inject(model: nn.Module, config_or_plan: object, **overrides: Any) -> nn.Mod
     ``validate_for(model)`` if it has one). Every other parameter of
     the model is frozen. Non-default inits are delegated to
     ``lorax_core.adapters.init.initialize``.
-    Returns ``model``.
+    ``target_modules="all-linear"`` adapts every ``nn.Linear`` except the output heads
+    (:func:`select_modules`). A target whose weight is tied to another parameter (a causal LM's
+    ``lm_head`` and its input embedding) is refused for a residual init, which would rewrite the
+    shared tensor, unless ``untie_weights=True`` gives it its own copy first
+    (:mod:`lorax_core.adapters.tied`). Returns ``model``.
     """
     config = _resolve(config_or_plan, overrides)
     validate_for = getattr(config_or_plan, "validate_for", None)
@@ -217,7 +275,12 @@ def build_layers(
     """Validate and build the adapter layers for ``model`` without installing them.
 
     The model is unchanged, except that an initialiser with a residual (nystrom, pissa) edits
-    the base weights it wraps.
+    the base weights it wraps, and that with ``config.untie_weights`` each targeted module
+    whose weight is tied gets its own copy of it (:mod:`lorax_core.adapters.tied`).
+
+    Raises:
+        ValueError: a targeted module's weight is tied, the init is residual and
+            ``config.untie_weights`` is off.
     """
     _check_model("inject", model)
     check_no_adapters(
@@ -228,6 +291,17 @@ def build_layers(
     )
     selected = select_modules(model, config)
     layers = {name: build_layer(config, name, module) for name, module in selected.items()}
+    tied = shared_weights(model, selected)
+    if tied and config.untie_weights:
+        untie(model, tied, "inject")
+    elif tied and config.init in RESIDUAL_INITS:
+        raise tied_error(
+            "inject",
+            tied,
+            f"init={config.init!r} would subtract its principal part from those parameters too",
+            "pass untie_weights=True to give these modules their own copy of the weight (the "
+            "other parameters keep the original tensor), or leave them out of target_modules",
+        )
     if initialise and config.init != "default":
         options = config.init_options or {}
         for name, layer in layers.items():

@@ -1,4 +1,10 @@
-"""Fold adapters into the base weights and back, and export a plain merged state dict."""
+"""Fold adapters into the base weights and back, and export a plain merged state dict.
+
+A module whose base weight is tied to another parameter (a causal LM's ``lm_head`` and its
+input embedding) is refused by all three: they would write ΔW into the shared tensor, or
+export a merged weight the tied model cannot hold. Untie first
+(:func:`lorax_core.adapters.untie_weights`, or ``AdapterConfig(untie_weights=True)``).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,18 @@ from torch import nn
 
 from lorax_core.adapters.inject import adapted_modules
 from lorax_core.adapters.layer import AdapterLinear
+from lorax_core.adapters.tied import check_untied
 
 __all__ = ["merge", "merged_state_dict", "unmerge"]
 
 
-def _layers(function: str, model: nn.Module) -> dict[str, AdapterLinear]:
-    """The adapter layers of ``model``; an error if there are none."""
+def _layers(function: str, model: nn.Module, action: str) -> dict[str, AdapterLinear]:
+    """The adapter layers of ``model``; an error if there are none or one's weight is tied
+    (``action`` says what ``function`` would do to it)."""
     layers = adapted_modules(model)
     if not layers:
         raise ValueError(f"{function}: model must have adapter layers, got none")
+    check_untied(function, model, layers, action)
     return layers
 
 
@@ -23,15 +32,19 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (``W ← W + ΔW``); returns ``model``.
 
     The forward output is unchanged up to float rounding; merged layers skip the adapter path.
+
+    Raises:
+        ValueError: no adapters, or an adapted module's base weight is tied (nothing merged).
     """
-    for layer in _layers("merge", model).values():
+    for layer in _layers("merge", model, "merging would add ΔW to those parameters too").values():
         layer.merge()
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo :func:`merge`: base weights restored up to float rounding; returns ``model``."""
-    for layer in _layers("unmerge", model).values():
+    action = "unmerging would subtract ΔW from those parameters too"
+    for layer in _layers("unmerge", model, action).values():
         layer.unmerge()
     return model
 
@@ -43,8 +56,17 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Adapted modules contribute ``<module>.weight`` = W + ΔW (base dtype) and ``<module>.bias``;
     adapter parameters and buffers are left out. The model itself is not modified. Tensors are
     detached; unadapted entries share storage with the model.
+
+    Raises:
+        ValueError: no adapters, or an adapted module's base weight is tied (its merged weight
+            would differ from the parameter it is tied to, which the model cannot hold).
     """
-    layers = _layers("merged_state_dict", model)
+    layers = _layers(
+        "merged_state_dict",
+        model,
+        "the merged weight W + ΔW would differ from the parameters it is tied to, which the "
+        "tied model cannot hold",
+    )
     state = model.state_dict()
     merged: dict[str, torch.Tensor] = {}
     prefixes = sorted(layers, key=len, reverse=True)
