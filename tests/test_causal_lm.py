@@ -1,0 +1,230 @@
+"""LLaMA-family causal LMs end to end, on the real SmolLM2-135M (30 blocks, grouped-query
+attention, ``lm_head`` tied to the input embedding).
+
+- A plan from ``lorax-profile`` (which profiles the checkpoint with ``AutoModel``) applies to
+  ``AutoModelForCausalLM`` with ``inject`` and through ``plan.to_peft_config()`` in PEFT, every
+  module's rank read back from PEFT equal to the plan's.
+- Tied weights: a residual init on ``lm_head`` is refused, or unties with a warning; merge and
+  merged state dicts refuse a tied head; the embedding never changes.
+- ``target_modules="all-linear"``: PEFT's selection; outputs at init equal the base model's for
+  the forms without a residual init.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from lorax_core.adapters import (
+    AdapterConfig,
+    adapted_modules,
+    inject,
+    load_adapter,
+    merge,
+    merged_state_dict,
+    save_adapter,
+    untie_weights,
+)
+from lorax_core.datasets import TextSplit
+from lorax_core.gelora import RankPlan
+from lorax_core.gelora.cli import main
+
+N_BLOCKS, PER_BLOCK = 30, 7  # q, k, v, o, gate, up, down
+
+
+@pytest.fixture(scope="module")
+def texts(bbc: tuple[TextSplit, TextSplit]) -> list[str]:
+    """Twelve real BBC News headlines."""
+    return [t.split("\n")[0] for t in bbc[0].texts[:12]]
+
+
+@pytest.fixture(scope="module")
+def plan(smollm2_dir: Path, texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> RankPlan:
+    """``lorax-profile <checkpoint> --data … --out plan.json``, kept tiny (12 texts, 8 tokens)."""
+    folder = tmp_path_factory.mktemp("profile")
+    data, out = folder / "texts.txt", folder / "plan.json"
+    data.write_text("\n".join(texts), encoding="utf-8")
+    options = ["--n-samples", "12", "--bootstrap", "0", "--max-length", "8", "--batch-size", "12"]
+    assert main([str(smollm2_dir), "--data", str(data), "--out", str(out), *options]) == 0
+    return RankPlan.from_json(out)
+
+
+@pytest.fixture(scope="module")
+def batch(smollm2_tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+    encoded = smollm2_tokenizer(
+        texts[:2], padding=True, truncation=True, max_length=8, return_tensors="pt"
+    )
+    return dict(encoded)
+
+
+@pytest.fixture(scope="module")
+def base_logits(smollm2: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return logits(smollm2, batch)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch).logits
+
+
+def peft_ranks(model: nn.Module) -> dict[str, tuple[int, float]]:
+    """``(r, scaling)`` of every LoRA layer, read back from the PEFT model."""
+    return {
+        name: (module.r["default"], module.scaling["default"])
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def test_the_profiled_plan_names_modules_inside_the_backbone(plan: RankPlan) -> None:
+    assert plan.model["class"] == "LlamaModel"  # lorax-profile loads the checkpoint with AutoModel
+    assert len(plan.layers) == N_BLOCKS + 1
+    assert len(plan.modules) == N_BLOCKS * PER_BLOCK
+    assert all(name.startswith("layers.") for name in plan.modules)
+    assert plan.modules["layers.0.self_attn.k_proj"].out_features == 192  # GQA: 3 heads of 64
+    assert len({m.rank for m in plan.modules.values()}) > 1  # a real per-module plan
+
+
+@pytest.mark.parametrize("target", ["causal LM", "base model"])
+def test_inject_gives_the_causal_lm_the_planned_ranks(
+    plan: RankPlan,
+    smollm2: nn.Module,
+    batch: dict[str, torch.Tensor],
+    base_logits: torch.Tensor,
+    target: str,
+    tmp_path: Path,
+) -> None:
+    model = copy.deepcopy(smollm2 if target == "causal LM" else smollm2.model)
+    prefix = "model." if target == "causal LM" else ""
+    inject(model, plan)
+    ours = {name: (layer.r, layer.alpha) for name, layer in adapted_modules(model).items()}
+    assert ours == {f"{prefix}{n}": (p.rank, p.alpha) for n, p in plan.modules.items()}
+    if target == "base model":
+        return
+    assert torch.equal(logits(model, batch), base_logits)  # LoRA's B = 0 at init
+    save_adapter(model, tmp_path)  # the config is the causal LM's own
+    reloaded = load_adapter(copy.deepcopy(smollm2), tmp_path)
+    assert {n: layer.r for n, layer in adapted_modules(reloaded).items()} == {
+        n: r for n, (r, _) in ours.items()
+    }
+
+
+@pytest.mark.parametrize("target", ["causal LM", "base model"])
+def test_peft_gives_every_module_its_planned_rank(
+    plan: RankPlan,
+    smollm2: nn.Module,
+    batch: dict[str, torch.Tensor],
+    base_logits: torch.Tensor,
+    target: str,
+) -> None:
+    model = copy.deepcopy(smollm2 if target == "causal LM" else smollm2.model)
+    prefix = "base_model.model." + ("model." if target == "causal LM" else "")
+    kwargs = {"task_type": "CAUSAL_LM"} if target == "causal LM" else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = get_peft_model(model, plan.to_peft_config(**kwargs))
+    assert not [w for w in caught if "pattern" in str(w.message)]  # every key matched
+    expected = {f"{prefix}{n}": (p.rank, p.alpha / p.rank) for n, p in plan.modules.items()}
+    assert peft_ranks(peft_model) == expected
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == plan.num_parameters
+    plan.validate_for(peft_model)  # the plan applies to the PEFT-wrapped model as well
+    assert set(plan.resolve(peft_model)) == set(expected)
+    if target == "causal LM":
+        assert torch.equal(logits(peft_model, batch), base_logits)
+
+
+@pytest.fixture(scope="module")
+def peft_all_linear(smollm2: nn.Module) -> set[str]:
+    """The modules PEFT's ``target_modules="all-linear"`` adapts in the causal LM."""
+    peft_model = get_peft_model(copy.deepcopy(smollm2), LoraConfig(target_modules="all-linear"))
+    return {n.removeprefix("base_model.model.") for n in peft_ranks(peft_model)}
+
+
+@pytest.mark.parametrize("method", ["lora", "slora", "dora", "svd"])
+def test_all_linear_adapts_what_peft_adapts_and_keeps_the_output(
+    smollm2: nn.Module,
+    batch: dict[str, torch.Tensor],
+    base_logits: torch.Tensor,
+    peft_all_linear: set[str],
+    method: str,
+) -> None:
+    model = inject(copy.deepcopy(smollm2), AdapterConfig(method, r=2, target_modules="all-linear"))
+    adapted = set(adapted_modules(model))
+    assert adapted == peft_all_linear
+    assert len(adapted) == N_BLOCKS * PER_BLOCK and "lm_head" not in adapted
+    if method == "dora":  # W · (m / ‖W‖) with m = ‖W‖: equal to float rounding
+        torch.testing.assert_close(logits(model, batch), base_logits, atol=1e-4, rtol=1e-5)
+    else:
+        assert torch.equal(logits(model, batch), base_logits)
+
+
+# -- tied weights: lm_head.weight is model.embed_tokens.weight -----------------------------------
+
+
+def test_the_checkpoint_ties_its_head_to_its_embedding(smollm2: nn.Module) -> None:
+    assert smollm2.config.tie_word_embeddings
+    assert smollm2.lm_head.weight is smollm2.model.embed_tokens.weight
+    twin = copy.deepcopy(smollm2)  # what every test below starts from
+    assert twin.lm_head.weight is twin.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("init", ["pissa", "nystrom"])
+def test_a_residual_init_on_the_tied_head_is_refused(smollm2: nn.Module, init: str) -> None:
+    model = copy.deepcopy(smollm2)
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    config = AdapterConfig(r=4, target_modules=["lm_head"], init=init)
+    with pytest.raises(
+        ValueError, match=r"'lm_head' with 'model\.embed_tokens\.weight'.*untie_weights=True"
+    ):
+        inject(model, config)
+    assert torch.equal(model.model.embed_tokens.weight, embedding)
+    assert model.lm_head.weight is model.model.embed_tokens.weight and not adapted_modules(model)
+
+
+def test_untie_weights_keeps_the_embedding_and_the_logits(
+    smollm2: nn.Module, batch: dict[str, torch.Tensor], base_logits: torch.Tensor
+) -> None:
+    model = copy.deepcopy(smollm2)
+    embedding = smollm2.model.embed_tokens.weight
+    config = AdapterConfig(
+        r=4, target_modules=["lm_head", "q_proj"], init="nystrom", untie_weights=True
+    )
+    with pytest.warns(UserWarning, match=r"untied 'lm_head'.*tie_word_embeddings = False"):
+        inject(model, config)
+    assert torch.equal(model.model.embed_tokens.weight, embedding)  # bit for bit
+    assert model.lm_head.base_layer.weight is not model.model.embed_tokens.weight
+    assert model.config.tie_word_embeddings is False  # a later tie_weights() keeps them apart
+    model.tie_weights()
+    assert model.lm_head.base_layer.weight is not model.model.embed_tokens.weight
+    at_init = logits(model, batch)
+    torch.testing.assert_close(at_init, base_logits, atol=2e-3, rtol=1e-4)
+    merge(model)
+    assert torch.equal(model.model.embed_tokens.weight, embedding)
+    torch.testing.assert_close(logits(model, batch), at_init, atol=2e-3, rtol=1e-4)
+
+
+def test_merging_a_tied_head_is_refused_until_untied(smollm2: nn.Module) -> None:
+    model = copy.deepcopy(smollm2)
+    embedding = smollm2.model.embed_tokens.weight
+    inject(model, AdapterConfig(r=4, target_modules=["lm_head"]))  # reads the tied weight only
+    head = adapted_modules(model)["lm_head"]
+    with torch.no_grad():
+        head.lora_B.normal_(std=0.02, generator=torch.Generator().manual_seed(0))
+    for function in (merge, merged_state_dict):
+        with pytest.raises(ValueError, match=r"'lm_head' with 'model\.embed_tokens\.weight'"):
+            function(model)
+    assert torch.equal(model.model.embed_tokens.weight, embedding) and not head.merged
+    with pytest.warns(UserWarning, match="untie_weights: untied 'lm_head'"):
+        assert untie_weights(model) == ["lm_head"]
+    state = merged_state_dict(model)
+    assert torch.equal(state["model.embed_tokens.weight"], embedding)
+    torch.testing.assert_close(state["lm_head.weight"], embedding + head.delta_weight())
