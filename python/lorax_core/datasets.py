@@ -127,7 +127,7 @@ def _convert_smollm2(gguf: Path, target: Path) -> Path:
         folder, file = str(gguf.parent), gguf.name
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-        model.hf_quantizer = None  # transformers refuses to save a quantised model otherwise
+        model.hf_quantizer = None  # type: ignore[assignment]  # else save_pretrained refuses
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config  # the saved weights are plain float32
         model.save_pretrained(str(staging))

@@ -129,7 +129,9 @@ def untie(model: nn.Module, tied: dict[str, list[str]], function: str) -> None:
     for name in tied:
         owner = _weight_owner(modules[name])
         weight = owner.weight
-        owner.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        assert isinstance(weight, torch.Tensor)  # shared_weights found it
+        copied = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        owner.weight = copied
         size += weight.numel() * weight.element_size()
         for prefix, sub in model.named_modules():
             get_output = getattr(sub, "get_output_embeddings", None)
