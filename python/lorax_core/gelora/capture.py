@@ -238,7 +238,10 @@ def capture_hidden_states(
             the i-th one's output. Required for models without ``output_hidden_states``.
         seed: seeds the token subset of ``pooling="tokens"``.
         path: if given, write ``hidden.<i>`` (float32 ``[n_samples, D]``) and metadata to this
-            safetensors file atomically and return its path.
+            safetensors file atomically and return its path. The metadata's ``modules`` lists
+            the model's linear modules by backbone-relative name with their ``[in, out]``
+            (``gelora.modules.linear_modules``), so a plan from the file applies to the base,
+            task and PEFT-wrapped model alike.
 
     Returns:
         L + 1 float32 arrays ``[n_samples, D]`` (h_0 … h_L), or the file's path.
