@@ -15,8 +15,9 @@
 //!   exact pseudo-inverse of an r×r core is unstable (errors far above ‖W‖ on real weights);
 //!   here the core's SVD `U Σ Vᵀ` is truncated to rank `r` and inverted with Tikhonov
 //!   regularisation, `σ / (σ² + λ²)` with `λ = rcond·σ₁`, so tiny singular values give factors
-//!   near zero instead of blowing up. Then `B = C V_r`, `N = diag(σ_r / (σ_r² + λ²))`,
-//!   `A = U_rᵀ R`.
+//!   near zero instead of blowing up; singular values below `eps₆₄·max(p, k)·σ₁` (rounding
+//!   noise of the core) count as zero whatever `rcond`. Then `B = C V_r`,
+//!   `N = diag(σ_r / (σ_r² + λ²))`, `A = U_rᵀ R`.
 //!
 //! Large products run in the input dtype with faer's parallel GEMM; `W` is only borrowed,
 //! never copied. All random numbers come from ChaCha8 streams derived from `seed` (one
@@ -112,7 +113,9 @@ pub struct NystromFactors<T> {
 ///
 /// Errors (never panics): empty or mismatched buffer, `rank` outside `1..=min(m, n)`,
 /// non-finite `rcond`, and non-finite values in `W` (detected from the sketch: any NaN or
-/// infinity in a row of `W` makes that row of `W X` non-finite).
+/// infinity in a row of `W` makes that row of `W X` non-finite). A finite `W` so far from unit
+/// scale that a factor overflows the dtype is a [`LoraxError::Numerical`] error; factors
+/// returned are always finite.
 pub fn nystrom<T: Real>(
     data: &[T],
     nrows: usize,
@@ -224,11 +227,16 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
     let sigma = svd.S().column_vector();
     let sigma1 = sigma[0];
     let lambda = rcond * sigma1;
+    // Singular values at float64 rounding level relative to σ₁ are zero in the core's
+    // precision (numpy's `pinv` rule); without this cut, `rcond = 0` (or one so small that
+    // `λ²` underflows) on a rank-deficient W inverted rounding noise into huge or infinite
+    // factors.
+    let cutoff = f64::EPSILON * core.nrows().max(core.ncols()) as f64 * sigma1;
     let inv: Vec<f64> = (0..r)
         .map(|i| {
             let s = sigma[i];
             let d = s * s + lambda * lambda;
-            if d > 0.0 {
+            if s > cutoff && d > 0.0 {
                 s / d
             } else {
                 0.0
@@ -255,11 +263,21 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
             T::from_f64(0.0)
         }
     });
-    Ok(NystromFactors {
+    let factors = NystromFactors {
         b: Dense::from_mat(b.as_ref()),
         n: Dense::from_mat(n_mat.as_ref()),
         a: Dense::from_mat(a.as_ref()),
-    })
+    };
+    let all = [&factors.b.data, &factors.n.data, &factors.a.data];
+    if !all.iter().all(|d| d.iter().all(|v| v.to_f64().is_finite())) {
+        // `N` scales like 1/‖W‖, so W far below unit scale (subnormal float32) overflows the
+        // dtype; say so instead of returning infinities.
+        return Err(LoraxError::Numerical(format!(
+            "the Nyström factors overflow the input dtype (largest singular value of the core \
+             {sigma1:e}); rescale W towards unit magnitude or sketch it in float64"
+        )));
+    }
+    Ok(factors)
 }
 
 /// `lhs · rhs` into a new matrix.
@@ -347,6 +365,49 @@ mod tests {
         let tail: f64 = s[r..].iter().map(|x| x * x).sum();
         let all: f64 = s.iter().map(|x| x * x).sum();
         (tail / all).sqrt()
+    }
+
+    #[test]
+    fn rank_deficient_with_vanishing_rcond_gives_finite_factors() {
+        // Found by fuzzing: a constant (rank-1) float32 matrix asked for rank 4 with rcond
+        // 3.8e-312 (λ² underflows) inverted the core's rounding-level singular values into
+        // infinite factors. Rounding-level singular values now count as zero.
+        let w = vec![-64.0f32; 5 * 20];
+        for rcond in [Some(3.834513353133e-312), Some(0.0), None] {
+            let opts = NystromOptions {
+                rank: 4,
+                oversample: 4,
+                power_iters: 3,
+                seed: 126,
+                rcond,
+            };
+            let f = nystrom(&w, 5, 20, Layout::ColMajor, &opts).unwrap();
+            let all = f.b.data.iter().chain(&f.n.data).chain(&f.a.data);
+            assert!(all.into_iter().all(|v| v.is_finite()), "{rcond:?}");
+            let widen = |d: &Dense<f32>| {
+                Mat::from_fn(d.nrows, d.ncols, |i, j| f64::from(d.data[i * d.ncols + j]))
+            };
+            let f64s = NystromFactors {
+                b: Dense::from_mat(widen(&f.b).as_ref()),
+                n: Dense::from_mat(widen(&f.n).as_ref()),
+                a: Dense::from_mat(widen(&f.a).as_ref()),
+            };
+            let w64 = Mat::from_fn(5, 20, |_, _| -64.0f64);
+            assert!(rel_err(w64.as_ref(), &f64s) < 1e-5, "{rcond:?}");
+        }
+    }
+
+    #[test]
+    fn factors_overflowing_the_dtype_are_an_error() {
+        // N scales like 1/‖W‖: float32 W of (subnormal) magnitude 1e-42 cannot be factored in
+        // float32.
+        let (w, _) = known_spectrum(12, 10, 0.5, 6);
+        let tiny: Vec<f32> = (0..12)
+            .flat_map(|i| (0..10).map(move |j| (i, j)))
+            .map(|(i, j)| (w[(i, j)] * 1e-42) as f32)
+            .collect();
+        let e = nystrom(&tiny, 12, 10, Layout::RowMajor, &NystromOptions::new(3));
+        assert!(matches!(e, Err(LoraxError::Numerical(m)) if m.contains("overflow")));
     }
 
     #[test]
