@@ -343,6 +343,31 @@ mod tests {
     }
 
     #[test]
+    fn a_step_is_allocated_at_most_once() {
+        // The Python driver turns a repeated step into a no-op before it reaches here; the
+        // allocator itself refuses a second round at the same (or an earlier) step and leaves
+        // its state untouched.
+        let mut a = ela(vec![4, 3, 1], 8);
+        let scores = vec![vec![0.4, 0.1, 0.7, 0.2], vec![0.3, 0.9, 0.05], vec![0.5]];
+        a.allocate(15, &scores).unwrap();
+        let after = a.to_json().unwrap();
+        let again: Vec<Vec<f64>> = a.ranks().iter().map(|&r| vec![0.5; r]).collect();
+        for t in [15, 10, 0] {
+            assert!(a.allocate(t, &again).is_err(), "t={t}");
+            assert_eq!(a.to_json().unwrap(), after, "t={t}");
+        }
+        // The next round works, and repeating it is refused with the step named.
+        assert_eq!(a.allocate(20, &again).unwrap().len(), 3);
+        let again: Vec<Vec<f64>> = a.ranks().iter().map(|&r| vec![0.5; r]).collect();
+        let e = a.allocate(20, &again).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("after the last allocation step (20), got 20"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn rejects_bad_scores_and_state() {
         let mut a = ela(vec![2, 2], 4);
         assert!(a.allocate(16, &[vec![0.0; 2], vec![0.0; 2]]).is_err());
