@@ -45,7 +45,7 @@ from lorax_core._validation import (
 from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
 from lorax_core.gelora.modules import ModuleShapes, linear_modules, select_targets
 from lorax_core.gelora.plan import RankPlan, plan_ranks
-from lorax_core.gelora.rule import Budget, check_budget
+from lorax_core.gelora.rule import RULE_FIELDS, Budget, check_budget
 from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
 
 __all__ = ["DEFAULT_N_SAMPLES", "ESTIMATORS", "ProfileResult", "profile", "read_texts"]
@@ -180,17 +180,9 @@ def profile(
     if estimator == "mle":
         params["k"] = k
     ids = _estimate(hidden.layers, estimator, params, progress)
-    plan = plan_ranks(
-        ids,
-        hidden.shapes,
-        target_modules,
-        c=c,
-        offset=offset,
-        rank_min=rank_min,
-        rank_max=rank_max,
-        alpha_over_r=alpha_over_r,
-        budget=budget,
-    )
+    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget)
+    rule: dict[str, Any] = dict(zip(RULE_FIELDS, settings, strict=True))
+    plan = plan_ranks(ids, hidden.shapes, target_modules, **rule)
     plan = dataclasses.replace(
         plan,
         model=hidden.model,

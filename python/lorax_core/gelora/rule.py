@@ -22,6 +22,7 @@ from lorax_core._validation import Integer, NoneValue, Satisfies, check
 
 __all__ = [
     "BUDGET_RULES",
+    "RULE_FIELDS",
     "Budget",
     "block_ranks",
     "budget_parameters",
@@ -35,6 +36,8 @@ __all__ = [
 Budget = int | str
 
 UNIFORM_PREFIX = "uniform:"
+# The rule's settings, in the order plan_ranks, RankPlan and the plan document name them.
+RULE_FIELDS = ("c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget")
 _BISECTION_STEPS = 200
 _C_LIMIT = 1e15  # the solver searches c in [0, _C_LIMIT]
 

@@ -37,7 +37,7 @@ from lorax_core._validation import (
     describe,
 )
 from lorax_core.gelora.modules import block_of
-from lorax_core.gelora.rule import block_ranks, id_increases
+from lorax_core.gelora.rule import RULE_FIELDS, block_ranks, id_increases
 
 if TYPE_CHECKING:
     from lorax_core.gelora.plan import RankPlan
@@ -176,7 +176,6 @@ def _json_value(value: Any) -> bool:
 _FREE_FORM = Satisfies(dict, _json_value, "a JSON object")
 _LAYER_FIELDS = ("index", "dimension", "ci", "rank", "alpha")
 _MODULE_FIELDS = ("block", "rank", "alpha", "in_features", "out_features")
-_RULE_FIELDS = ("c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget")
 _CI = Instance(list, "null or two numbers [lo, hi] with lo <= hi")
 
 
@@ -205,7 +204,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     PLAN_DOCUMENT.check(doc, where, required=_FIELDS)
     _only(where, "the plan", doc, (*PLAN_DOCUMENT.fields(), *_FIELDS))
     rule = _get(doc, "rule", where, "", _OBJECT)
-    _only(where, "rule", rule, _RULE_FIELDS)
+    _only(where, "rule", rule, RULE_FIELDS)
     c = _get(rule, "c", where, "rule.", Real(low=0))
     offset = _get(rule, "offset", where, "rule.", Integer())
     rank_min = _get(rule, "rank_min", where, "rule.", _POSITIVE_INT)
@@ -288,15 +287,11 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
             in_features=_get(item, "in_features", where, at, _POSITIVE_INT),
             out_features=_get(item, "out_features", where, at, _POSITIVE_INT),
         )
+    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget)
     plan = RankPlan(
         layers=tuple(layers),
         modules=modules,
-        c=c,
-        offset=offset,
-        rank_min=rank_min,
-        rank_max=rank_max,
-        alpha_over_r=alpha_over_r,
-        budget=budget,
+        **dict(zip(RULE_FIELDS, settings, strict=True)),
         model=_get(doc, "model", where, "", _FREE_FORM),
         estimator=_get(doc, "estimator", where, "", _FREE_FORM),
         capture=_get(doc, "capture", where, "", _FREE_FORM),
