@@ -13,7 +13,8 @@ whose float64 distance to a neighbour is ``<= duplicate_tol × scale``, where ``
 median distance of the points from their coordinate-wise median (robust: a few far outliers do
 not inflate it); ``n_duplicates_`` counts the removed points. Bootstrap intervals resample the
 per-point statistics (``r2/r1`` for TwoNN, ``1/m_i`` for MLE) with replacement and refit;
-``scales`` re-estimates on nested random halves ``N, N/2, N/4, …`` (down to 16 points, or ``k + 2``).
+``scales`` re-estimates on nested random halves ``N, N/2, N/4, …`` (down to 16 points, or
+``k + 2``).
 """
 
 from __future__ import annotations
