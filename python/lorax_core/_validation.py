@@ -33,6 +33,7 @@ import functools
 import inspect
 import math
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -86,18 +87,18 @@ def describe(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class Constraint:
+class Constraint(ABC):
     """A rule an argument may satisfy. Subclasses set ``rule`` and implement the tests."""
 
     rule: str = ""
 
+    @abstractmethod
     def accepts_type(self, value: object) -> bool:
         """Whether ``value`` has a type this rule speaks of (else it is a ``TypeError``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def accepts(self, value: object) -> bool:
         """Whether ``value`` satisfies the rule (its type already accepted)."""
-        raise NotImplementedError
 
     def convert(self, value: Any) -> Any:
         """The value in its canonical Python type (e.g. ``np.int64`` → ``int``)."""
