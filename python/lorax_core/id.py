@@ -33,7 +33,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 from lorax_core import _core
-from lorax_core._validation import Bool, Constraint, Integer, Options, Real, check, check_options
+from lorax_core._validation import (
+    Bool,
+    Constraint,
+    Integer,
+    NoneValue,
+    Options,
+    Real,
+    Satisfies,
+    check,
+    check_options,
+)
 
 __all__ = ["MLE", "IDResult", "TwoNN", "estimate_layers", "mle", "nearest_neighbors", "twonn"]
 
@@ -103,30 +113,47 @@ def _seed(random_state: object) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int64).max))
 
 
+def _is_device(value: object) -> bool:
+    try:
+        torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
 # Parameters both estimators share, with their checks.
 _SHARED_CHECKS: dict[str, tuple[Constraint, ...]] = {
     "bootstrap": (Integer(low=0),),
     "scales": (Bool(),),
     "duplicate_tol": (Real(low=0.0),),
+    "device": (
+        NoneValue(),
+        Satisfies((str, torch.device), _is_device, "a torch device such as 'cpu' or 'cuda'"),
+    ),
 }
 
 
+# The shared parameters are declared once, on the base class; they are keyword-only, so each
+# estimator's own parameters keep their positions (``TwoNN(0.1, "ls")``). scikit-learn reads the
+# generated ``__init__``'s signature for ``get_params``/``clone``.
+@dataclass(repr=False, eq=False, kw_only=True)
 class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
-    """Shared fit logic (scikit-learn estimator API); subclasses declare their own settings."""
+    """Shared fit logic (scikit-learn estimator API); subclasses declare their own settings.
+
+    ``device``: where the neighbours are searched. ``None`` (default) uses the device of a
+    torch tensor ``X`` on a GPU and the Rust engine on the host for anything else; ``"cpu"``
+    always uses the Rust engine; ``"cuda"`` (or ``"cuda:i"``) moves ``X`` there and runs the
+    chunked exact kNN of :mod:`lorax_core.kernels.knn` (same neighbours and estimates as the
+    Rust engine, see docs/kernels.md).
+    """
 
     _checks: ClassVar[dict[str, tuple[Constraint, ...]]]
 
-    def __init__(
-        self,
-        bootstrap: int,
-        random_state: int | np.random.RandomState | None,
-        scales: bool,
-        duplicate_tol: float,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.random_state = random_state
-        self.scales = scales
-        self.duplicate_tol = duplicate_tol
+    bootstrap: int = 0
+    random_state: int | np.random.RandomState | None = None
+    scales: bool = False
+    duplicate_tol: float = _DEFAULT_DUPLICATE_TOL
+    device: str | torch.device | None = None
 
     @abc.abstractmethod
     def _settings(self) -> _core.TwoNNOptions | _core.MleOptions:
@@ -154,10 +181,14 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
         ignored. Returns ``self``.
         """
         self._check_params()
+        device = _engine_device(f"{type(self).__name__}.fit", self.device, X)
         if isinstance(X, torch.Tensor):
-            X = as_points(X)
-        points = as_points(validate_data(self, X))
-        r = IDResult.of(_core.estimate_id(points, self._settings(), self._options()))
+            X = X.detach() if device is not None else as_points(X)
+        if device is None:
+            points = as_points(validate_data(self, X))
+            r = IDResult.of(_core.estimate_id(points, self._settings(), self._options()))
+        else:
+            r = _estimate_on_device(self, validate_data(self, X), device)
         self.dimension_ = r.dimension
         self.n_duplicates_ = r.n_duplicates
         self.n_samples_ = r.n_samples
@@ -172,13 +203,15 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
         return float(self.fit(X).dimension_)
 
 
+@dataclass(repr=False, eq=False)
 class TwoNN(_IDEstimator):
     """TwoNN (Facco et al. 2017), scikit-dimension compatible.
 
     ``discard_fraction`` of the largest ratios ``μ = r2/r1`` is discarded; ``method="ls"``
     (alias ``"linear"``) fits ``-ln(1 - F)`` on ``ln μ`` through the origin, ``"mle"`` is the
     censored maximum-likelihood estimate. ``bootstrap=B`` adds a 95% interval ``ci_``;
-    ``scales=True`` adds ``scales_``; ``random_state`` seeds both.
+    ``scales=True`` adds ``scales_``; ``random_state`` seeds both; ``device`` as
+    :class:`_IDEstimator`.
     """
 
     _checks: ClassVar[dict[str, tuple[Constraint, ...]]] = {
@@ -186,18 +219,8 @@ class TwoNN(_IDEstimator):
         "method": (Options(("ls", "linear", "mle")),),
     }
 
-    def __init__(
-        self,
-        discard_fraction: float = 0.1,
-        method: str = "ls",
-        bootstrap: int = 0,
-        random_state: int | np.random.RandomState | None = None,
-        scales: bool = False,
-        duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
-    ) -> None:
-        super().__init__(bootstrap, random_state, scales, duplicate_tol)
-        self.discard_fraction = discard_fraction
-        self.method = method
+    discard_fraction: float = 0.1
+    method: str = "ls"
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -209,6 +232,7 @@ class TwoNN(_IDEstimator):
         return _core.TwoNNOptions(self.discard_fraction, self.method)
 
 
+@dataclass(repr=False, eq=False)
 class MLE(_IDEstimator):
     """Levina–Bickel MLE over ``k`` neighbours (self excluded).
 
@@ -223,20 +247,9 @@ class MLE(_IDEstimator):
         "unbiased": (Bool(),),
     }
 
-    def __init__(
-        self,
-        k: int = 20,
-        comb: str = "mle",
-        unbiased: bool = False,
-        bootstrap: int = 0,
-        random_state: int | np.random.RandomState | None = None,
-        scales: bool = False,
-        duplicate_tol: float = _DEFAULT_DUPLICATE_TOL,
-    ) -> None:
-        super().__init__(bootstrap, random_state, scales, duplicate_tol)
-        self.k = k
-        self.comb = comb
-        self.unbiased = unbiased
+    k: int = 20
+    comb: str = "mle"
+    unbiased: bool = False
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -245,6 +258,36 @@ class MLE(_IDEstimator):
 
     def _settings(self) -> _core.MleOptions:
         return _core.MleOptions(self.k, self.comb, self.unbiased)
+
+
+def _engine_device(function: str, device: object, X: object) -> torch.device | None:
+    """The torch device the neighbour search runs on, or ``None`` for the Rust host engine.
+
+    ``device`` is already checked to be ``None`` or a device name. A CUDA device that is not
+    available is a ``ValueError`` naming ``device``.
+    """
+    if device is None:
+        on_gpu = isinstance(X, torch.Tensor) and X.device.type == "cuda"
+        return X.device if on_gpu else None  # type: ignore[union-attr]
+    resolved = torch.device(device)  # type: ignore[call-overload]
+    if resolved.type == "cpu":
+        return None
+    if resolved.type != "cuda":
+        raise ValueError(f"{function}: device must be 'cpu' or a CUDA device, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{function}: device must be an available device, got {device!r} "
+            "(CUDA is not available)"
+        )
+    return resolved
+
+
+def _estimate_on_device(est: _IDEstimator, X: object, device: torch.device) -> IDResult:
+    """The estimate of ``est`` with the neighbours searched on ``device``."""
+    from lorax_core.kernels.knn import estimate_id
+
+    points = X if isinstance(X, torch.Tensor) else torch.from_numpy(as_points(X))
+    return estimate_id(points.to(device), est._settings(), est._options())
 
 
 _ESTIMATORS: dict[str, type[_IDEstimator]] = {"twonn": TwoNN, "mle": MLE}
@@ -261,21 +304,40 @@ def mle(X: ArrayLike2D, **params: Any) -> float:
 
 
 def estimate_layers(
-    arrays: Sequence[ArrayLike2D], estimator: str = "twonn", **params: Any
+    arrays: Sequence[ArrayLike2D],
+    estimator: str = "twonn",
+    *,
+    device: str | torch.device | None = None,
+    **params: Any,
 ) -> list[IDResult]:
     """One :class:`IDResult` per array (e.g. one per layer's hidden states ``(n, D)``).
 
-    ``params`` are the estimator's constructor parameters. The arrays are estimated in
-    parallel, each also using parallel kNN; errors name the failing layer (``layer i: …``).
+    ``params`` are the estimator's constructor parameters. On the host the arrays are estimated
+    in parallel, each also using parallel kNN; ``device`` (as the estimators' ``device``:
+    ``None`` follows the arrays, ``"cuda"`` searches the neighbours on the GPU, one layer after
+    another) chooses the engine. Errors name the failing layer (``layer i: …``).
     """
     if isinstance(arrays, (np.ndarray, torch.Tensor)) or not isinstance(arrays, Sequence):
         raise TypeError("arrays must be a sequence (list or tuple) of 2-D arrays, one per layer")
     kind = _ESTIMATORS[check_options("estimate_layers", "estimator", estimator, _ESTIMATORS)]
-    est = kind(**params)
+    est = kind(device=device, **params)
     est._check_params()
-    points = [as_points(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
-    results = _core.estimate_id_many(points, est._settings(), est._options())
-    return [IDResult.of(r) for r in results]
+    engines = [_engine_device("estimate_layers", device, a) for a in arrays]
+    if all(e is None for e in engines):
+        points = [as_points(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+        results = _core.estimate_id_many(points, est._settings(), est._options())
+        return [IDResult.of(r) for r in results]
+    out = []
+    for i, (a, engine) in enumerate(zip(arrays, engines, strict=True)):
+        try:
+            if engine is None:
+                r = _core.estimate_id(as_points(a, f"arrays[{i}]"), est._settings(), est._options())
+                out.append(IDResult.of(r))
+            else:
+                out.append(_estimate_on_device(est, a, engine))
+        except ValueError as e:
+            raise ValueError(f"layer {i}: {e}") from e
+    return out
 
 
 def nearest_neighbors(
