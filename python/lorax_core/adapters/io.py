@@ -20,6 +20,13 @@ residual base weight. Loading into a model without adapters applies
 ``W ← W − low_rank_product(init_lora_A, init_lora_B[, init_lora_N])`` to the pristine base
 weights, which is exactly what the initialiser did, so the loaded model equals the saved one.
 Loading into a model that already has adapters replaces adapter tensors only.
+
+Several processes (docs/distributed.md): a DDP / DataParallel wrapper may be passed (names are
+saved without its ``module.`` prefix). Under FSDP2 ``save_adapter`` is a collective — call it on
+every process; each adapter tensor is gathered and rank 0 alone writes (a call made on only some
+processes is a ``RuntimeError`` after the collective timeout, not a hang). ``load_adapter``
+onto an FSDP2 model that already has its adapters (inject before ``fully_shard``) reads the
+files on every process and writes each process's own shard; it needs no communication.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from lorax_core._atomic import atomic_folder
+from lorax_core._distributed import (
+    assign_,
+    enter_collective,
+    full,
+    is_sharded,
+    leader_only,
+    unwrap,
+)
 from lorax_core._format import DocumentFormat
 from lorax_core._safetensors import parse_header
 from lorax_core._validation import Instance, check, describe, validate_params
@@ -95,12 +110,21 @@ def _adapter_tensors(layers: dict[str, AdapterLinear]) -> dict[str, torch.Tensor
     for name, layer in layers.items():
         named = {**layer.adapter_parameters(), **layer.init_buffers()}
         for key, value in named.items():
-            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+            tensors[f"{name}.{key}"] = full(value.detach()).cpu().contiguous()
     return tensors
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
-    """Write the adapters of ``model`` to ``directory`` (created if needed); returns its path."""
+    """Write the adapters of ``model`` to ``directory`` (created if needed); returns its path.
+
+    Under torch.distributed call it on every process: the adapters are gathered (FSDP2) and
+    rank 0 writes; every process returns once the files are complete.
+
+    Raises:
+        RuntimeError: under torch.distributed, not every process called it in time, or the
+            write failed on rank 0.
+    """
+    model = unwrap(model)
     layers = adapted_modules(model)
     if not layers:
         raise ValueError("save_adapter: model must have adapter layers, got none to save")
@@ -108,6 +132,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     path = check_directory("save_adapter", directory)
     if path.exists() and not path.is_dir():
         raise ValueError(f"save_adapter: directory must be a directory, got file {str(path)!r}")
+    enter_collective("save_adapter")
     weights = save_safetensors(_adapter_tensors(layers), metadata={"format": "pt"})
     document = FORMAT.stamp(
         {
@@ -122,7 +147,10 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         raise TypeError(
             f"save_adapter: config must be JSON-serialisable (check init_options), got {err}"
         ) from err
-    atomic_folder(path, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode()})
+    leader_only(
+        "save_adapter",
+        lambda: atomic_folder(path, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode()}),
+    )
     return path
 
 
@@ -231,7 +259,7 @@ def _copy_in_or_undo(
         for name, (params, buffers, record) in backup.items():
             layer = layers[name]
             for key, value in params.items():
-                layer.adapter_parameters()[key].copy_(value)
+                assign_(layer.adapter_parameters()[key], value)
             for key in INIT_BUFFERS:
                 layer._buffers.pop(key, None)
                 if key in buffers:
@@ -246,7 +274,7 @@ def _copy_in(
 ) -> None:
     for name, layer in layers.items():
         for pname, param in layer.adapter_parameters().items():
-            param.copy_(tensors[f"{name}.{pname}"])
+            assign_(param, tensors[f"{name}.{pname}"])
         device = layer.base_layer.weight.device
         for bname in INIT_BUFFERS:
             if f"{name}.{bname}" in tensors:
@@ -272,12 +300,19 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
     A model without adapters is injected with the saved config first (base weights of
     residual inits rebuilt from the saved init factors); a model with adapters must have the
     same method, modules and shapes, and only its adapter tensors are replaced. Everything is
-    validated before the model is modified.
+    validated before the model is modified. A DDP wrapper may be passed; an FSDP2 model must
+    already have its adapters (each process writes its own shards).
     """
+    model = unwrap(model)
     document, tensors = _read(check_directory("load_adapter", directory))
     config = AdapterConfig.from_dict(document.get("config") or {})
     existing = adapted_modules(model)
     fresh = not existing
+    if fresh and any(is_sharded(p) for p in model.parameters()):
+        raise ValueError(
+            "load_adapter: model must already have its adapters when it is sharded (FSDP2): "
+            "inject them before fully_shard, then load"
+        )
     if fresh:
         layers = build_layers(model, config, initialise=False)
     else:

@@ -29,9 +29,18 @@ from torch import nn
 from lorax_core._core import ModulePlan, RankAllocator
 from lorax_core._validation import Integer, Real, check
 from lorax_core.adapters import SVDLinear, adapted_modules
-from lorax_core.allocators.distributed import broadcast_text, is_distributed, is_leader
-from lorax_core.allocators.scores import ImportanceScores
-from lorax_core.allocators.surgery import apply_plan_
+from lorax_core.allocators.distributed import (
+    assign_,
+    broadcast_text,
+    full,
+    gathered_rank_scores,
+    is_distributed,
+    is_leader,
+    is_sharded,
+    unwrap,
+)
+from lorax_core.allocators.scores import RANK_AXES, ImportanceScores
+from lorax_core.allocators.surgery import apply_plan_, permute_, set_rank_
 
 __all__ = ["SCHEDULE_CHECKS", "RankAllocatorBase", "module_lists", "svd_modules"]
 
@@ -45,9 +54,14 @@ SCHEDULE_CHECKS = {
 
 
 def svd_modules(model: nn.Module) -> dict[str, SVDLinear]:
-    """The SVD-form adapters of ``model`` by qualified name, in module order."""
+    """The SVD-form adapters of ``model`` by qualified name, in module order.
+
+    A DDP / DataParallel / compiled wrapper is looked through: names carry no ``module.``
+    prefix, so a wrapped and an unwrapped model give the same names (and allocator states).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     found = {n: m for n, m in adapted_modules(model).items() if isinstance(m, SVDLinear)}
     if not found:
         raise ValueError(
@@ -132,6 +146,7 @@ class RankAllocatorBase:
                 "(steps may repeat but not go backwards)"
             )
         self.last_step_ = t
+        self._bind_scores()
         if self.allocator_.updates_scores(t):
             self.scores_.update()
         if not self.allocator_.is_allocation_step(t):
@@ -144,17 +159,53 @@ class RankAllocatorBase:
         plans = self._decide(t)
         for (name, module), plan in zip(self.modules.items(), plans, strict=True):
             apply_plan_(module, self.optimizer, plan.perm, plan.n_keep, plan.new_rank, plan.seed)
-            self.scores_.permute_(name, torch.tensor(plan.perm, dtype=torch.long), plan.n_keep)
+            perm = torch.tensor(plan.perm, dtype=torch.long)
+            if self._sharded():
+                for store in (self.scores_.ipt[name], self.scores_.unc[name]):
+                    for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
+                        permute_(tensor, perm, dim, plan.n_keep)
+            else:
+                self.scores_.permute_(name, perm, plan.n_keep)
         return True
+
+    def _sharded(self) -> bool:
+        """Whether the adapters are FSDP2 ``DTensor`` s."""
+        return any(is_sharded(m.lora_A) for m in self.modules.values())
+
+    def _bind_scores(self) -> None:
+        """Scores built before ``fully_shard`` are rebuilt on the sharded parameters (only
+        before their first update; afterwards that is an error)."""
+        first = next(iter(self.modules))
+        if is_sharded(self.modules[first].lora_A) == is_sharded(self.scores_.ipt[first][0]):
+            return
+        if self.last_step_ is not None and any(
+            bool(full(t).any()) for t in self.scores_.ipt[first]
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__}: the model was sharded after the scores were updated; "
+                "build the allocator after fully_shard"
+            )
+        self.scores_ = ImportanceScores(self.modules, self.beta1, self.beta2)
+
+    def _host_scores(self) -> list[list[float]] | None:
+        """Per-rank scores for the decision: under FSDP2 assembled on every process (a
+        collective); otherwise this process's own (used on rank 0 only)."""
+        if self._sharded():
+            ranks = {name: m.active_rank for name, m in self.modules.items()}
+            return gathered_rank_scores(self.scores_.ipt, self.scores_.unc, ranks)
+        return None
 
     def _decide(self, t: int) -> list[ModulePlan]:
         """Rust decides on rank 0; under torch.distributed the decision and the allocator state
-        are broadcast so that every replica applies the same plan and holds the same state."""
+        are broadcast so that every process applies the same plan and holds the same state."""
+        scores = self._host_scores()
         if not is_distributed():
-            return self.allocator_.allocate(t, self.scores_.rank_scores_host())
+            return self.allocator_.allocate(t, scores or self.scores_.rank_scores_host())
         message = None
         if is_leader():
-            plans = self.allocator_.allocate(t, self.scores_.rank_scores_host())
+            if scores is None:
+                scores = self.scores_.rank_scores_host()
+            plans = self.allocator_.allocate(t, scores)
             fields = ("perm", "n_keep", "new_rank", "seed")
             described = [{f: getattr(p, f) for f in fields} for p in plans]
             message = json.dumps({"state": self.allocator_.to_json(), "plans": described})
@@ -166,15 +217,16 @@ class RankAllocatorBase:
     def orthogonal_regularizer(self) -> torch.Tensor:
         """``γ · mean`` over modules of ``‖A Aᵀ − I‖_F`` and ``‖Bᵀ B − I‖_F`` (active ranks).
 
-        A scalar on the adapters' device, differentiable; add it to the loss.
+        A scalar on the adapters' device, differentiable; add it to the loss. Under FSDP2 each
+        factor is gathered whole (differentiably; a collective, so every process must call it).
         """
         terms = []
         for module in self.modules.values():
             r = module.active_rank
             if r == 0:
                 continue
-            a = module.lora_A[:r]
-            b = module.lora_B[:, :r]
+            a = full(module.lora_A)[:r]
+            b = full(module.lora_B)[:, :r]
             eye = torch.eye(r, dtype=a.dtype, device=a.device)
             terms.append(torch.linalg.matrix_norm(a @ a.T - eye))
             terms.append(torch.linalg.matrix_norm(b.T @ b - eye))
@@ -199,7 +251,9 @@ class RankAllocatorBase:
 
         Save it beside the model's and optimizer's state dicts (the adapters' active ranks are in
         the model's state dict). ``last_step`` is the last ``global_step`` passed to
-        :meth:`step`, so that a resumed run also ignores a repeat of it.
+        :meth:`step`, so that a resumed run also ignores a repeat of it. Under FSDP2 the score
+        tensors are ``DTensor`` s (save them with
+        :func:`lorax_core.training.distributed.save_run`).
         """
         return {
             "allocator": self.allocator_.to_json(),
@@ -231,9 +285,29 @@ class RankAllocatorBase:
             )
         if allocator.names() != list(self.modules):
             raise ValueError("state: module names do not match this model's SVD adapters")
-        self.scores_.load_state_dict(state["scores"])
+        self._bind_scores()
+        if self._sharded():
+            self._load_sharded_scores(state["scores"])
+        else:
+            self.scores_.load_state_dict(state["scores"])
         for module, rank in zip(self.modules.values(), allocator.ranks(), strict=True):
             if module.active_rank != rank:
-                module.set_active_rank(rank)
+                set_rank_(module, rank)
         self.allocator_ = allocator
         self.last_step_ = last_step
+
+    def _load_sharded_scores(self, scores: dict[str, torch.Tensor]) -> None:
+        """:meth:`ImportanceScores.load_state_dict` onto ``DTensor`` EMAs (whole or sharded
+        values; shapes are the whole tensors')."""
+        for name in self.modules:
+            for kind, store in (("ipt", self.scores_.ipt), ("unc", self.scores_.unc)):
+                for tensor, (p_name, _) in zip(store[name], RANK_AXES, strict=True):
+                    key = f"{name}.{p_name}.{kind}"
+                    if key not in scores:
+                        raise ValueError(f"state: missing score tensor {key!r}")
+                    if tuple(scores[key].shape) != tuple(tensor.shape):
+                        raise ValueError(
+                            f"state: {key!r} has shape {tuple(scores[key].shape)}, expected "
+                            f"{tuple(tensor.shape)}"
+                        )
+                    assign_(tensor, scores[key])

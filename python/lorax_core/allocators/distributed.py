@@ -1,45 +1,114 @@
-"""One decision for all replicas: rank 0 decides, the others receive it (torch.distributed)."""
+"""The allocators under torch.distributed: one decision for all processes (docs/distributed.md).
+
+Replicas (DDP): rank 0 decides and :func:`broadcast_text` sends the decision. Shards (FSDP2):
+:func:`gathered_rank_scores` assembles the per-rank scores from every process's shards with one
+all-reduce, so that rank 0 decides on the scores of the whole model. The generic helpers
+(gathering, writing shards, entering a collective together) live in ``lorax_core._distributed``
+and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["broadcast_text", "is_distributed", "is_leader"]
+from lorax_core._distributed import (
+    TIMEOUT_ENV,
+    _device,
+    assign_,
+    broadcast_text,
+    collective_timeout,
+    enter_collective,
+    full,
+    full_parameters,
+    is_distributed,
+    is_leader,
+    is_sharded,
+    leader_only,
+    local_slices,
+    unwrap,
+)
+
+__all__ = [
+    "TIMEOUT_ENV",
+    "assign_",
+    "broadcast_text",
+    "collective_timeout",
+    "enter_collective",
+    "full",
+    "full_parameters",
+    "gathered_rank_scores",
+    "is_distributed",
+    "is_leader",
+    "is_sharded",
+    "leader_only",
+    "local_slices",
+    "unwrap",
+]
 
 
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+# -- allocators ------------------------------------------------------------------------------------
+def _owns(tensor: torch.Tensor) -> bool:
+    """Whether this process's copy of ``tensor`` is the one counted in a cross-process sum: a
+    whole tensor on rank 0; a ``DTensor``'s shard where every replicated mesh axis is at 0."""
+    if not is_sharded(tensor):
+        return dist.get_rank() == 0
+    coordinate = tensor.device_mesh.get_coordinate()  # type: ignore[attr-defined]
+    return all(
+        coordinate[axis] == 0
+        for axis, placement in enumerate(tensor.placements)  # type: ignore[attr-defined]
+        if placement.is_replicate()
+    )
 
 
-def is_leader() -> bool:
-    """True on global rank 0, or when not distributed."""
-    return not is_distributed() or dist.get_rank() == 0
+def _local(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``(local block, its index in the whole tensor)``."""
+    if is_sharded(tensor):
+        return tensor.to_local(), local_slices(tensor)  # type: ignore[attr-defined]
+    return tensor, tuple(slice(0, n) for n in tensor.shape)
 
 
-def _device() -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+@torch.no_grad()
+def gathered_rank_scores(
+    ipt: dict[str, list[torch.Tensor]],
+    unc: dict[str, list[torch.Tensor]],
+    ranks: dict[str, int],
+) -> list[list[float]]:
+    """Per-rank scores ``S = s(E) + mean_j s(A_ij) + mean_j s(B_ji)`` of every module over its
+    active slots, from sharded EMAs, identical on every process (a collective: one all-reduce).
 
-
-def broadcast_text(text: str | None) -> str:
-    """Sends ``text`` from rank 0 to every process and returns it (``text`` is ignored elsewhere).
-
-    Two collectives: the UTF-8 length, then the bytes (as a uint8 tensor).
+    ``ipt[name]`` / ``unc[name]`` are the EMAs of ``(lora_A (cap, in), lora_E (cap,),
+    lora_B (out, cap))``, ``DTensor`` s or whole tensors; ``ranks[name]`` the active rank. Each
+    process sums over the elements of its own blocks (in float64); the sums of all processes
+    add up to the whole means. Returned as float64 host lists, in ``ranks`` order.
     """
     device = _device()
-    leader = dist.get_rank() == 0
-    if leader:
-        if text is None:
-            raise ValueError("text: rank 0 must provide the text to broadcast")
-        payload = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).to(device)
-        size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
-    else:
-        size = torch.zeros(1, dtype=torch.int64, device=device)
-    dist.broadcast(size, src=0)
-    if not leader:
-        payload = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
-    dist.broadcast(payload, src=0)
-    return payload.cpu().numpy().tobytes().decode("utf-8")
+    parts = []
+    for name, rank in ranks.items():
+        (ia, ie, ib), (ua, ue, ub) = ipt[name], unc[name]
+        capacity, width = ia.shape
+        height = ib.shape[0]
+        total = torch.zeros(capacity, dtype=torch.float64, device=device)
+        for i_t, u_t, rows_axis in ((ia, ua, 0), (ie, ue, 0), (ib, ub, 1)):
+            if not _owns(i_t):
+                continue
+            local_i, index = _local(i_t)
+            local_u, _ = _local(u_t)
+            product = local_i.to(torch.float64) * local_u.to(torch.float64)
+            if product.ndim == 2 and rows_axis == 0:  # A: mean over the input axis
+                total[index[0]] += (product.sum(dim=1) / width).to(device)
+            elif product.ndim == 2:  # B: mean over the output axis
+                total[index[1]] += (product.sum(dim=0) / height).to(device)
+            else:  # E
+                total[index[0]] += product.to(device)
+        parts.append(total[:rank])
+    if not parts:
+        return []
+    flat = torch.cat(parts)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    values = flat.cpu().tolist()
+    out, start = [], 0
+    for part in parts:
+        out.append(values[start : start + part.numel()])
+        start += part.numel()
+    return out

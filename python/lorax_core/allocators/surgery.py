@@ -6,16 +6,24 @@ new slot ``j`` takes old slot ``perm[j]``; slots ``[0, n_keep)`` are surviving r
 is kept: every per-parameter state tensor of the parameter's shape (Adam's ``exp_avg`` and
 ``exp_avg_sq``, ``max_exp_avg_sq``, SGD's ``momentum_buffer``) is permuted the same way, so
 surviving ranks keep their moments; the moments of pruned, new and free slots are reset to zero.
+
+Under FSDP2 the parameters and their moments are ``DTensor`` s sharded by rows: ``lora_A`` and
+``lora_E`` along the rank axis, ``lora_B`` along the output axis. Each one is gathered whole on
+every process (the adapters are small), the decision is applied to the whole tensor exactly as
+for an unsharded module, and every process writes back its own block — so the result is the
+same bits as on one process, and every process makes the same collectives in the same order.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lorax_core._validation import Integer, check
 from lorax_core.adapters import SVDLinear
+from lorax_core.allocators.distributed import assign_, full, is_sharded
 from lorax_core.allocators.scores import RANK_AXES, permute_rank_axis_
 
-__all__ = ["NEW_RANK_E", "apply_plan_", "orthonormal_complement"]
+__all__ = ["NEW_RANK_E", "apply_plan_", "orthonormal_complement", "permute_", "set_rank_"]
 
 # Upper bound of the singular value given to a new rank (docs/allocators.md): the output is
 # unchanged.
@@ -39,6 +47,18 @@ def orthonormal_complement(existing: torch.Tensor, n_new: int, seed: int) -> tor
 
 
 @torch.no_grad()
+def permute_(tensor: torch.Tensor, perm: torch.Tensor, dim: int, n_keep: int) -> None:
+    """:func:`~lorax_core.allocators.scores.permute_rank_axis_` for a whole tensor or a
+    ``DTensor`` (gathered, permuted whole, local block written back: a collective)."""
+    if not is_sharded(tensor):
+        permute_rank_axis_(tensor, perm, dim, n_keep)
+        return
+    whole = full(tensor).clone()
+    permute_rank_axis_(whole, perm, dim, n_keep)
+    assign_(tensor, whole)
+
+
+@torch.no_grad()
 def apply_plan_(
     module: SVDLinear,
     optimizer: torch.optim.Optimizer | None,
@@ -47,17 +67,24 @@ def apply_plan_(
     new_rank: int,
     seed: int,
 ) -> None:
-    """Applies one module's decision in place (parameters, optimizer state, active rank)."""
+    """Applies one module's decision in place (parameters, optimizer state, active rank).
+
+    Works on whole parameters and on FSDP2 ``DTensor`` parameters alike (then a collective:
+    every process must apply the same decisions in the same order).
+    """
+    if module.merged:
+        raise RuntimeError("cannot change the active rank of a merged layer; unmerge first")
     params = [getattr(module, name) for name, _ in RANK_AXES]
-    index = torch.tensor(perm, dtype=torch.long, device=params[0].device)
+    index = torch.tensor(perm, dtype=torch.long)
+    whole = []
     for param, (_, dim) in zip(params, RANK_AXES, strict=True):
-        param.copy_(param.index_select(dim, index))
+        whole.append(full(param.detach()).index_select(dim, index.to(param.device)))
         if optimizer is not None:
             for value in optimizer.state.get(param, {}).values():
                 if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                    permute_rank_axis_(value, index, dim, n_keep)
+                    permute_(value, index, dim, n_keep)
     n_new = new_rank - n_keep
-    lora_a, lora_e, lora_b = params
+    lora_a, lora_e, lora_b = whole
     if n_new > 0:
         a_new = orthonormal_complement(lora_a[:n_keep].T, n_new, seed).T
         b_new = orthonormal_complement(lora_b[:, :n_keep], n_new, seed ^ 0x5DEECE66D)
@@ -68,4 +95,20 @@ def apply_plan_(
         small = torch.full((), NEW_RANK_E, dtype=lora_e.dtype, device=lora_e.device)
         value = torch.minimum(kept.min(), small) if n_keep > 0 else small
         lora_e[n_keep:new_rank] = value
-    module.set_active_rank(new_rank)
+    lora_e[new_rank:] = 0.0
+    for param, value in zip(params, whole, strict=True):
+        assign_(param, value)
+    set_rank_(module, new_rank)
+
+
+def set_rank_(module: SVDLinear, rank: int) -> None:
+    """``module.set_active_rank(rank)``, also for a ``DTensor`` ``lora_E``: slicing a sharded
+    tensor in place writes nothing, so its slots ``≥ rank`` are zeroed through the whole value
+    (a collective) before the rank is set."""
+    if is_sharded(module.lora_E):
+        check("set_rank_", "rank", rank, Integer(0, module.capacity))
+        with torch.no_grad():
+            whole = full(module.lora_E.detach()).clone()
+            whole[rank:] = 0.0
+            assign_(module.lora_E, whole)
+    module.set_active_rank(rank)

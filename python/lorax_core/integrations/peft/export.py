@@ -25,6 +25,10 @@ Modes:
   that ignore ``rank_pattern``/``alpha_pattern``. DoRA stays exact here for PEFT, but the file
   keeps ``use_dora: true``: an engine without DoRA must reject it, because DoRA's per-row
   magnitude is not a low-rank change and cannot be rewritten as a plain LoRA.
+
+Several processes (docs/distributed.md): a DDP wrapper may be passed (names without its
+``module.`` prefix). Under FSDP2 call ``export_peft`` on every process: each module's
+parameters are gathered in turn and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ from safetensors.torch import save
 from torch import nn
 
 from lorax_core._atomic import atomic_folder
+from lorax_core._distributed import (
+    enter_collective,
+    full_parameters,
+    leader_only,
+    unwrap,
+)
 from lorax_core._validation import Instance, Options, validate_params
 from lorax_core.adapters.inject import adapted_modules
 from lorax_core.adapters.io import check_directory
@@ -142,13 +152,21 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
         ValueError: unknown ``mode``; the model has no adapters; forms with different PEFT
             settings mixed (DoRA with others: ``use_dora`` applies to every module).
     """
+    model = unwrap(model)
     layers = adapted_modules(model)
     if not layers:
         raise ValueError(
             "export_peft: model must have lorax_core adapters, got none; call inject() first"
         )
     settings = _settings(layers)
-    exports = {name: _module_export(layer) for name, layer in sorted(layers.items())}
+    out = check_directory("export_peft", directory)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export_peft: directory must be a directory, got file {str(out)!r}")
+    enter_collective("export_peft")
+    exports = {}
+    for name, layer in sorted(layers.items()):
+        with full_parameters(layer) as whole:
+            exports[name] = _module_export(whole)
     use_rslora = mode == "compact" and all(layer.use_rslora for layer in layers.values())
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
@@ -208,10 +226,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike[str], mode: str =
         "lorax_core.mode": mode,
         "lorax_core.modules": json.dumps(described, sort_keys=True),
     }
-    out = check_directory("export_peft", directory)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"export_peft: directory must be a directory, got file {str(out)!r}")
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     weights = save(tensors, metadata=metadata)
-    atomic_folder(out, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode("utf-8")})
+    leader_only(
+        "export_peft",
+        lambda: atomic_folder(out, {WEIGHTS_NAME: weights, CONFIG_NAME: text.encode("utf-8")}),
+    )
     return out
