@@ -2,8 +2,10 @@
 
 The row norm is computed without forming the out × in matrix (docs/adapters.md):
 ``n² = ‖W‖²_row + 2s·rowsum(B ⊙ (W Aᵀ)) + s²·rowsum((B (A Aᵀ)) ⊙ B)``. Its temporaries are
-out × r and r × r; ``‖W‖_row`` is a fused reduction over W recomputed on each call (no
-temporary, about 1/tokens of the cost of ``W x``), so it always matches the current W.
+out × r and r × r; it is recomputed on each call (about 1/tokens of the cost of ``W x``), so it
+always matches the current W. On CUDA the detached norm is one fused kernel that reads W once
+(:func:`lorax_core.kernels.dora_row_norm`); the torch reference runs elsewhere and whenever the
+norm needs a gradient (``detach_norm=False``).
 """
 
 from __future__ import annotations
@@ -16,27 +18,9 @@ from lorax_core._validation import check_bool
 from lorax_core.adapters.layer import AdapterLinear, LoraFactors, detached
 from lorax_core.adapters.lora import reset_lora_pair
 from lorax_core.adapters.registry import register_form
+from lorax_core.kernels import dora_row_norm
 
 __all__ = ["DoraLinear", "dora_row_norm"]
-
-
-def dora_row_norm(
-    weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """``‖W + scaling·B A‖`` per row, shape (out,), without an out × in temporary.
-
-    ``weight`` (out, in) in any float dtype; ``lora_A`` (r, in) and ``lora_B`` (out, r) in the
-    adapter dtype, which is also the dtype of the result (accumulated in at least float32).
-    The product ``W Aᵀ`` is taken in W's dtype (A is cast to it, an r × in copy).
-    """
-    acc = torch.promote_types(lora_A.dtype, torch.float32)
-    w_sq = torch.linalg.vector_norm(weight, dim=1, dtype=acc).square()
-    wa = linear(lora_A.to(weight.dtype), weight).t().to(acc)  # (out, r) = W Aᵀ
-    b = lora_B.to(acc)
-    cross = (b * wa).sum(dim=1)
-    quad = ((b @ (lora_A.to(acc) @ lora_A.to(acc).t())) * b).sum(dim=1)
-    n_sq = w_sq + (2.0 * scaling) * cross + (scaling * scaling) * quad
-    return n_sq.clamp_min(0.0).sqrt().to(lora_A.dtype)
 
 
 @register_form(

@@ -7,10 +7,12 @@ Per element of every adapter parameter ``p`` (``lora_A`` (capacity, in), ``lora_
 
 and per rank ``i``: ``S_i = s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)``.
 
-:func:`update_importance_` is the pure-torch implementation (and the oracle for a fused kernel):
-it runs on the parameters' device with ``torch._foreach_*`` ops over all tensors at once and never
-synchronises with the host. Only :meth:`ImportanceScores.rank_scores_host`, called on allocation
-steps, copies the small per-rank vectors to the host.
+:func:`update_importance_` runs on the parameters' device and never synchronises with the host: on
+CUDA it is one fused kernel launch that also computes the per-rank scores of every module
+(:mod:`lorax_core.kernels`); elsewhere (and with ``LORAX_DISABLE_CUDA_KERNELS=1``) it is the
+``torch._foreach_*`` reference over all tensors at once. Only
+:meth:`ImportanceScores.rank_scores_host`, called on allocation steps, copies the small per-rank
+vectors to the host.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from lorax_core import kernels
 from lorax_core._validation import Real, check
 from lorax_core.adapters import SVDLinear
 
@@ -28,7 +31,6 @@ __all__ = ["ImportanceScores", "rank_scores", "update_importance_"]
 RANK_AXES: tuple[tuple[str, int], ...] = (("lora_A", 0), ("lora_E", 0), ("lora_B", 1))
 
 
-@torch.no_grad()
 def update_importance_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -39,16 +41,10 @@ def update_importance_(
 ) -> None:
     """In place: ``ipt ← β1 ipt + (1 − β1)|p ⊙ g|``, ``unc ← β2 unc + (1 − β2)|I − ipt|``.
 
-    All four are parallel lists of same-shape tensors on one device (any float dtype).
+    All four are parallel lists of same-shape tensors on one device (any float dtype); the
+    fused kernel on CUDA, the ``torch._foreach`` reference elsewhere.
     """
-    if not params:
-        return
-    current = torch._foreach_mul(params, grads)
-    torch._foreach_abs_(current)
-    torch._foreach_lerp_(ipt, current, 1.0 - beta1)
-    torch._foreach_sub_(current, ipt)
-    torch._foreach_abs_(current)
-    torch._foreach_lerp_(unc, current, 1.0 - beta2)
+    kernels.importance_update_(params, grads, ipt, unc, beta1, beta2)
 
 
 def rank_scores(
@@ -84,15 +80,26 @@ class ImportanceScores:
             self.unc[name] = [
                 torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params
             ]
+        # Per-rank scores over every capacity slot, filled by the fused update (float32, flat:
+        # module i owns [offsets[i], offsets[i] + capacity)); valid while ``_fresh``.
+        self._offsets: dict[str, int] = {}
+        total = 0
+        for name, module in self.modules.items():
+            self._offsets[name] = total
+            total += module.capacity
+        device = next(iter(self.modules.values())).lora_A.device if self.modules else None
+        self._scores = torch.zeros(total, dtype=torch.float32, device=device)
+        self._fresh = False
 
     def update(self) -> None:
         """One EMA step from the current parameters and gradients (no host synchronisation).
 
-        Parameters without a gradient are skipped.
+        Parameters without a gradient are skipped. The fused kernel fills the per-rank scores
+        in the same pass (used by :meth:`rank_scores` until the next change of the EMAs).
         """
-        params, grads, ipt, unc = [], [], [], []
+        params, grads, ipt, unc, dims, offsets = [], [], [], [], [], []
         for name, module in self.modules.items():
-            for i, (p_name, _) in enumerate(RANK_AXES):
+            for i, (p_name, dim) in enumerate(RANK_AXES):
                 p = getattr(module, p_name)
                 if p.grad is None:
                     continue
@@ -100,10 +107,31 @@ class ImportanceScores:
                 grads.append(p.grad)
                 ipt.append(self.ipt[name][i])
                 unc.append(self.unc[name][i])
-        update_importance_(params, grads, ipt, unc, self.beta1, self.beta2)
+                dims.append(dim)
+                offsets.append(self._offsets[name])
+        complete = len(params) == len(RANK_AXES) * len(self.modules)
+        fused = complete and kernels.uses_kernel(self._scores, *params)
+        kernels.importance_update_(
+            params,
+            grads,
+            ipt,
+            unc,
+            self.beta1,
+            self.beta2,
+            rank_dims=dims if fused else None,
+            score_offsets=offsets if fused else None,
+            scores=self._scores if fused else None,
+        )
+        self._fresh = fused
 
     def rank_scores(self) -> list[torch.Tensor]:
         """Per-rank scores of every module over its active slots, on the device."""
+        if self._fresh:  # one copy, so later updates leave the returned scores alone
+            scores = self._scores.clone()
+            return [
+                scores[self._offsets[name] : self._offsets[name] + module.active_rank]
+                for name, module in self.modules.items()
+            ]
         return [
             rank_scores(self.ipt[name], self.unc[name], module.active_rank)
             for name, module in self.modules.items()
@@ -125,6 +153,7 @@ class ImportanceScores:
     def permute_(self, name: str, perm: torch.Tensor, n_keep: int) -> None:
         """Move one module's slots like its parameters (new slot j ← old ``perm[j]``) and reset
         the history of slots ``≥ n_keep`` (pruned, new and free ranks) to zero."""
+        self._fresh = False
         for store in (self.ipt[name], self.unc[name]):
             for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
                 permute_rank_axis_(tensor, perm, dim, n_keep)
@@ -141,6 +170,7 @@ class ImportanceScores:
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Inverse of :meth:`state_dict`; every key must be present with the right shape."""
+        self._fresh = False
         for name in self.modules:
             for i, (p_name, _) in enumerate(RANK_AXES):
                 for kind, store in (("ipt", self.ipt), ("unc", self.unc)):

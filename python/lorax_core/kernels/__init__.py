@@ -1,0 +1,33 @@
+"""CUDA kernels for training, with their pure-PyTorch references (docs/kernels.md).
+
+- :func:`importance_update_`: the AdaLoRA/ElaLoRA importance EMAs and per-rank scores of every
+  adapter tensor in one launch;
+- :func:`dora_row_norm`: DoRA's ``‖W + s·B A‖_row`` in one read of W;
+- :mod:`lorax_core.kernels.knn`: exact kNN in chunks on a torch device (the GPU path of
+  :mod:`lorax_core.id`);
+- :mod:`lorax_core.kernels.autograd`: the hand-derived LoRA forward/backward.
+
+The CUDA sources (``csrc/``) are compiled on first use with ``torch.utils.cpp_extension`` into a
+cached folder; ``LORAX_DISABLE_CUDA_KERNELS=1`` forces the torch path, which is also used (after
+one warning) when CUDA or nvcc is missing. ``python -m lorax_core.kernels`` builds them (compile
+only, no GPU needed).
+"""
+
+from __future__ import annotations
+
+from lorax_core.kernels import reference
+from lorax_core.kernels._loader import DISABLE_ENV, build, disabled, load, status
+from lorax_core.kernels.ops import KERNEL_DTYPES, dora_row_norm, importance_update_, uses_kernel
+
+__all__ = [
+    "DISABLE_ENV",
+    "KERNEL_DTYPES",
+    "build",
+    "disabled",
+    "dora_row_norm",
+    "importance_update_",
+    "load",
+    "reference",
+    "status",
+    "uses_kernel",
+]
