@@ -270,3 +270,40 @@ def test_core_arguments_are_checked(make: str, exc: type[Exception], match: str)
 
     with pytest.raises(exc, match=match):
         eval(make, {**vars(_core), "X": X0[:40]})
+
+
+# -- the engine's device ---------------------------------------------------------------------
+
+
+def test_device_cpu_is_the_host_engine() -> None:
+    X = embedded_gaussian(400, 4, 10, seed=3)
+    want = lid.TwoNN(bootstrap=10, random_state=1).fit(X)
+    got = lid.TwoNN(bootstrap=10, random_state=1, device="cpu").fit(torch.from_numpy(X))
+    assert (got.dimension_, got.ci_) == (want.dimension_, want.ci_)
+    layers = lid.estimate_layers([X, X[:200]], "mle", device=torch.device("cpu"), k=5)
+    assert layers == lid.estimate_layers([X, X[:200]], "mle", k=5)
+
+
+@pytest.mark.parametrize(
+    ("device", "exc", "match"),
+    [
+        ("banana", ValueError, "device must be None or a torch device"),
+        (3, TypeError, "device must be None or a torch device"),
+        ("meta", ValueError, "device must be 'cpu' or a CUDA device"),
+    ],
+)
+def test_bad_devices_name_the_argument(device: object, exc: type[Exception], match: str) -> None:
+    X = embedded_gaussian(100, 3, 6, seed=0)
+    with pytest.raises(exc, match=match):
+        lid.TwoNN(device=device).fit(X)
+    with pytest.raises(exc, match=match):
+        lid.estimate_layers([X], device=device)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error() -> None:
+    X = embedded_gaussian(100, 3, 6, seed=0)
+    with pytest.raises(ValueError, match=r"TwoNN.fit: device must be an available device"):
+        lid.TwoNN(device="cuda").fit(X)
+    with pytest.raises(ValueError, match=r"estimate_layers: device must be an available device"):
+        lid.estimate_layers([X], device="cuda:0")

@@ -51,7 +51,10 @@ def disabled() -> bool:
 
 
 def _arch_list() -> str:
-    return os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    """The architectures a build targets: ``$TORCH_CUDA_ARCH_LIST``, else the visible GPUs'
+    (``""``), else :data:`DEFAULT_ARCH_LIST`."""
+    chosen = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    return chosen or ("" if torch.cuda.is_available() else DEFAULT_ARCH_LIST)
 
 
 def _tag() -> str:
@@ -133,8 +136,8 @@ def build(verbose: bool = False) -> Path:
             f"nvidia-cuda-nvcc, nvidia-nvvm and nvidia-cuda-crt =={torch.version.cuda}.*"
         )
     os.environ["CUDA_HOME"] = str(home)
-    if not _arch_list() and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    if _arch_list():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
     from torch.utils import cpp_extension
 
     cpp_extension.CUDA_HOME = str(home)  # read once at import; the folder may be new

@@ -1,0 +1,251 @@
+"""The two kernels against their torch references, and the references against independent
+oracles (numpy loops, the dense float64 matrix). CUDA tests skip without a device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.library import opcheck
+
+from lorax_core import kernels
+from lorax_core.allocators import rank_scores
+from lorax_core.kernels import reference
+from tests.kernels.conftest import TOLERANCE, needs_cuda
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# (shape, rank axis) of one SVD module's A (cap, in), E (cap,), B (out, cap), plus odd sizes.
+SEGMENTS = [((5, 37), 0), ((5,), 0), ((29, 5), 1), ((1, 1), 0), ((3, 4099), 0), ((4099, 3), 1)]
+
+
+def _tensors(shape, dtype, device, gen, kind="random"):  # type: ignore[no-untyped-def]
+    t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if kind == "zeros":
+        t.zero_()
+    elif kind == "huge":
+        t *= 1e18 if dtype == torch.bfloat16 else (1e2 if dtype == torch.float16 else 1e18)
+    elif kind == "tiny":
+        t *= 1e-3 if dtype == torch.float16 else 1e-18
+    return t.to(device=device, dtype=dtype)
+
+
+def _setup(dtype, device, kind="random", seed=0, strided=False):  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    params, grads, ipt, unc = [], [], [], []
+    for shape, _ in SEGMENTS:
+        p = _tensors(shape, dtype, device, gen, kind)
+        g = _tensors(shape, dtype, device, gen, kind)
+        if strided and p.dim() == 2:  # same values, transposed storage
+            p = p.t().contiguous().t()
+            g = g.t().contiguous().t()
+        params.append(p)
+        grads.append(g)
+        ipt.append(_tensors(shape, dtype, device, gen, "random").abs())
+        unc.append(_tensors(shape, dtype, device, gen, "random").abs())
+    dims = [d for _, d in SEGMENTS]
+    offsets, total = [], 0
+    for (shape, d), _ in zip(SEGMENTS, dims, strict=True):
+        offsets.append(total)
+        total += shape[d] if len(shape) == 2 else shape[0]
+    return params, grads, ipt, unc, dims, offsets, total
+
+
+# -- references against independent oracles (CPU) --------------------------------------------
+
+
+def test_reference_update_and_scores_match_a_numpy_loop() -> None:
+    params, grads, ipt, unc, dims, offsets, total = _setup(torch.float64, "cpu")
+    before = [(a.numpy().copy(), b.numpy().copy()) for a, b in zip(ipt, unc, strict=True)]
+    scores = torch.empty(total, dtype=torch.float32)
+    kernels.importance_update_(
+        params, grads, ipt, unc, 0.8, 0.7, rank_dims=dims, score_offsets=offsets, scores=scores
+    )
+    want = np.zeros(total)
+    for t, (p, g, (i0, u0)) in enumerate(zip(params, grads, before, strict=True)):
+        cur = np.abs(p.numpy() * g.numpy())
+        i1 = 0.8 * i0 + 0.2 * cur
+        u1 = 0.7 * u0 + 0.3 * np.abs(cur - i1)
+        np.testing.assert_allclose(ipt[t].numpy(), i1, rtol=1e-12)
+        np.testing.assert_allclose(unc[t].numpy(), u1, rtol=1e-12)
+        s = i1 * u1
+        s = s.mean(axis=1 - dims[t]) if s.ndim == 2 else s
+        want[offsets[t] : offsets[t] + s.size] += s
+    np.testing.assert_allclose(scores.numpy(), want, rtol=1e-6)
+
+
+def test_reference_scores_equal_the_per_module_rank_scores() -> None:
+    gen = torch.Generator().manual_seed(3)
+    ipt = [
+        torch.rand(6, 11, generator=gen),
+        torch.rand(6, generator=gen),
+        torch.rand(9, 6, generator=gen),
+    ]
+    unc = [
+        torch.rand(6, 11, generator=gen),
+        torch.rand(6, generator=gen),
+        torch.rand(9, 6, generator=gen),
+    ]
+    scores = torch.empty(6)
+    reference.rank_scores_(ipt, unc, [0, 0, 1], [0, 0, 0], scores)
+    torch.testing.assert_close(scores[:4], rank_scores(ipt, unc, 4))
+
+
+@given(
+    out=st.integers(1, 40),
+    inp=st.integers(1, 40),
+    r=st.integers(1, 9),
+    scale=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_reference_dora_norm_equals_the_dense_row_norm(out, inp, r, scale, seed) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(out, inp, generator=gen, dtype=torch.float64)
+    A = torch.randn(r, inp, generator=gen, dtype=torch.float64)
+    B = torch.randn(out, r, generator=gen, dtype=torch.float64)
+    dense = torch.linalg.vector_norm(W + scale * (B @ A), dim=1)
+    torch.testing.assert_close(kernels.dora_row_norm(W, A, B, scale), dense, rtol=1e-9, atol=1e-9)
+
+
+def test_ops_schemas_and_fake_implementations() -> None:
+    gen = torch.Generator().manual_seed(1)
+    W, A, B = (
+        torch.randn(7, 5, generator=gen),
+        torch.randn(3, 5, generator=gen),
+        torch.randn(7, 3, generator=gen),
+    )
+    opcheck(torch.ops.lorax_core.dora_row_norm, (W, A, B, 0.25))
+    params, grads, ipt, unc, dims, offsets, total = _setup(torch.float32, "cpu")
+    scores = torch.zeros(total)
+    opcheck(
+        torch.ops.lorax_core.importance_update_,
+        (ipt, unc, params, grads, dims, offsets, scores, 0.85, 0.85),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    with torch._subclasses.FakeTensorMode():
+        fake = torch.ops.lorax_core.dora_row_norm(
+            torch.empty(4096, 11008, dtype=torch.bfloat16),
+            torch.empty(8, 11008),
+            torch.empty(4096, 8),
+            2.0,
+        )
+    assert fake.shape == (4096,) and fake.dtype == torch.float32
+
+
+# -- kernels against the references (CUDA) -----------------------------------------------------
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "zeros", "huge", "tiny"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_importance_kernel_matches_the_reference(dtype, kind, strided) -> None:  # type: ignore[no-untyped-def]
+    assert kernels.load(), kernels.status()
+    got = _setup(dtype, "cuda", kind, seed=5, strided=strided)
+    want = _setup(dtype, "cuda", kind, seed=5, strided=strided)
+    params, grads, ipt, unc, dims, offsets, total = got
+    scores = torch.full((total,), float("nan"), device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        used = kernels.importance_update_(
+            params, grads, ipt, unc, 0.85, 0.9, rank_dims=dims, score_offsets=offsets, scores=scores
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert used
+    # Oracle: the update in float64 from the same inputs, rounded to the storage dtype.
+    wp, wg, wi, wu = ([t.double() for t in ts] for ts in want[:4])
+    reference.importance_update_(wp, wg, wi, wu, 0.85, 0.9)
+    tol = TOLERANCE[dtype]
+    for a, b, ra, rb in zip(ipt, unc, wi, wu, strict=True):
+        torch.testing.assert_close(a.double(), ra.to(dtype).double(), **tol)
+        torch.testing.assert_close(b.double(), rb.to(dtype).double(), **tol)
+    want_scores = torch.empty(total, dtype=torch.float32, device="cuda")
+    reference.rank_scores_(ipt, unc, dims, offsets, want_scores)
+    torch.testing.assert_close(scores, want_scores, rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_importance_kernel_over_a_real_allocator_matches_the_torch_path(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lorax_core.adapters import SVDLinear
+    from lorax_core.allocators import ImportanceScores
+
+    torch.manual_seed(0)
+    mods = {
+        str(i): SVDLinear(torch.nn.Linear(64 + i, 48 - i), r=4, r_max=6).cuda() for i in range(5)
+    }
+    for m in mods.values():
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+    fused = ImportanceScores(mods, 0.85, 0.85)
+    fused.update()
+    assert fused._fresh
+    monkeypatch.setenv(kernels.DISABLE_ENV, "1")
+    plain = ImportanceScores(mods, 0.85, 0.85)
+    plain.update()
+    assert not plain._fresh
+    for got, want in zip(fused.rank_scores(), plain.rank_scores(), strict=True):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("r", [1, 8, 17, 64, 100])
+@pytest.mark.parametrize(("out", "inp"), [(1, 1), (65, 33), (300, 517)])
+def test_dora_kernel_matches_the_dense_norm(dtype, r, out, inp) -> None:  # type: ignore[no-untyped-def]
+    assert kernels.load(), kernels.status()
+    r = min(r, out, inp) if out > 1 else r
+    gen = torch.Generator().manual_seed(r + out)
+    W = torch.randn(out, inp, generator=gen).to("cuda", dtype)
+    A = (torch.randn(r, inp, generator=gen) / inp**0.5).cuda()
+    B = torch.randn(out, r, generator=gen).cuda()
+    got = torch.ops.lorax_core.dora_row_norm(W, A, B, 0.5)
+    dense = torch.linalg.vector_norm(W.double() + 0.5 * (B.double() @ A.double()), dim=1)
+    torch.testing.assert_close(got.double(), dense, rtol=2e-5, atol=1e-6)
+    assert got.dtype == torch.float32
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("kind", ["zeros", "huge", "tiny", "strided", "half_factors"])
+def test_dora_kernel_adversarial_inputs(kind) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(7)
+    W = torch.randn(130, 70, generator=gen)
+    A = torch.randn(8, 70, generator=gen) * 0.1
+    B = torch.randn(130, 8, generator=gen)
+    if kind == "zeros":
+        W.zero_()
+        B.zero_()
+    elif kind == "huge":
+        W, B = W * 1e15, B * 1e15
+    elif kind == "tiny":
+        W, A, B = W * 1e-15, A * 1e-5, B * 1e-10
+    W, A, B = W.cuda(), A.cuda(), B.cuda()
+    if kind == "strided":
+        W = W.t().contiguous().t()
+        A = A.t().contiguous().t()
+    if kind == "half_factors":
+        A, B = A.half(), B.half()
+    got = kernels.dora_row_norm(W, A, B, 2.0)
+    dense = torch.linalg.vector_norm(W.double() + 2.0 * (B.double() @ A.double()), dim=1)
+    torch.testing.assert_close(got.double(), dense.to(got.dtype).double(), rtol=2e-3, atol=1e-30)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_dora_kernel_memory_is_order_out_times_r() -> None:
+    W = torch.randn(4096, 11008, device="cuda", dtype=torch.bfloat16)
+    A = torch.randn(8, 11008, device="cuda") * 0.01
+    B = torch.randn(4096, 8, device="cuda")
+    kernels.dora_row_norm(W, A, B, 2.0)  # build and warm up
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    kernels.dora_row_norm(W, A, B, 2.0)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - start
+    assert extra < 64 * 4096 * 8 * 4, extra  # a few out × r float32 buffers, never out × in
