@@ -63,9 +63,13 @@ def test_checkpoint_and_text_end_to_end(tmp_path: Path, minilm_dir: Path, paragr
     assert "capture" in run.stderr and "ID (twonn)" in run.stderr  # progress bars
     assert "Traceback" not in run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].split() == ["layer", "d_i", "CI", "Δd", "rank", "alpha"]
+    header = ["layer", "d_i", "CI", "Δd", "rank", "alpha", "Δd", "CI", "rank", "range", "stable"]
+    assert lines[0].split() == header
     assert [line.split()[0] for line in lines[1:8]] == [f"h_{i}" for i in range(7)]
+    assert lines[8].startswith("rank mode plain; plan stability")
     plan = RankPlan.from_json(out)
+    assert plan.stability is not None and 0 <= plan.stability <= 1
+    assert all(len(layer.resamples or ()) == 4 for layer in plan.layers)
     dims = [layer.dimension for layer in plan.layers]
     assert len(dims) == 7 and all(5 < d < 100 for d in dims)
     assert all(layer.ci is not None for layer in plan.layers)
@@ -309,7 +313,7 @@ def test_help_shows_every_default(capsys) -> None:  # type: ignore[no-untyped-de
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     actions = [a for a in _parser()._actions if a.dest != "help"]
-    assert text.count("(default: ") == len(actions) == 20
+    assert text.count("(default: ") == len(actions) == 26
     for action in actions:
         assert f"(default: {action.default})" in text, action.dest
     # the command's defaults are the library's

@@ -24,7 +24,7 @@ def test_json_round_trip(tmp_path: Path, minilm: torch.nn.Module) -> None:
     path = plan.to_json(tmp_path / "plan.json")
     assert RankPlan.from_json(path) == plan
     doc = json.loads(path.read_text())
-    assert doc["version"] == 1 and doc["num_parameters"] == plan.num_parameters
+    assert doc["version"] == 2 and doc["num_parameters"] == plan.num_parameters
     assert doc["layers"][1]["ci"] == [pytest.approx(10.8), pytest.approx(11.5)]
     assert not list(tmp_path.glob(".plan.json.*"))  # no temporary file left behind
 

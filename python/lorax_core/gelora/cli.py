@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from lorax_core.gelora.capture import POOLINGS
 from lorax_core.gelora.profiler import (
     CHECKPOINT_NAME,
     DEFAULT_N_SAMPLES,
+    DEVICE_MAPS,
+    DTYPES,
     ESTIMATORS,
     ProfileResult,
     profile,
@@ -34,6 +37,7 @@ from lorax_core.gelora.profiler import (
 )
 from lorax_core.gelora.report import format_modules, format_table, require_matplotlib, save_plot
 from lorax_core.gelora.rule import BUDGET_RULES, UNIFORM_PREFIX
+from lorax_core.gelora.stability import RANK_MODES
 
 __all__ = ["main", "read_texts"]
 
@@ -69,6 +73,18 @@ def _typed(parse: Callable[[str], Any], *constraints: Constraint) -> Callable[[s
 
 def _budget(text: str) -> int | str:
     return int(text) if text.isascii() and text.isdigit() else text
+
+
+def _device_map(text: str) -> str | dict[str, Any]:
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise argparse.ArgumentTypeError(f"is not a valid JSON object: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def _targets(text: str) -> str | list[str]:
@@ -190,6 +206,46 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{text}; {rule_text(rules)}",
         )
     p.add_argument(
+        "--rank-mode",
+        choices=RANK_MODES,
+        default=d["rank_mode"],
+        help="plain: the rule on the ID increases; noise-aware: extra rank only where a "
+        "block's increase is clear of the noise (the lower end of its joint-resample "
+        "interval; needs --bootstrap >= 2)",
+    )
+    p.add_argument(
+        "--skip-first",
+        action=argparse.BooleanOptionalAction,
+        default=d["skip_first"],
+        help="leave each text's first token (a decoder's attention sink) out of the pooling; "
+        "None: for causal LMs",
+    )
+    p.add_argument(
+        "--final-norm",
+        action="store_true",
+        help="take the last state after a decoder's final norm, not the last block's output",
+    )
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default=d["device"],
+        help="where the checkpoint runs, e.g. cpu, cuda, cuda:1; None: cpu",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=d["dtype"],
+        help="weight dtype; None: bfloat16 on CUDA, else float32 (pooling is float32)",
+    )
+    p.add_argument(
+        "--device-map",
+        type=_device_map,
+        metavar="MAP",
+        default=d["device_map"],
+        help=f"spread the checkpoint over devices: {', '.join(DEVICE_MAPS)}, or a JSON object "
+        "of module names to devices (needs accelerate; not with --device)",
+    )
+    p.add_argument(
         "--out", type=Path, metavar="FILE", help="write the plan JSON here (replaced atomically)"
     )
     p.add_argument(
@@ -295,6 +351,12 @@ def _run(args: argparse.Namespace) -> ProfileResult:
         batch_size=args.batch_size,
         max_length=args.max_length,
         progress=True,
+        rank_mode=args.rank_mode,
+        skip_first=args.skip_first,
+        final_norm=args.final_norm,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
     )
     if args.out is not None:
         result.plan.to_json(args.out)

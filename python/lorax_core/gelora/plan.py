@@ -23,6 +23,7 @@ from lorax_core._validation import (
     Instance,
     Integer,
     NoneValue,
+    Options,
     Real,
     Satisfies,
     check,
@@ -37,10 +38,16 @@ from lorax_core.gelora.rule import (
     block_ranks,
     budget_parameters,
     check_budget,
-    id_increases,
     solve_c,
 )
 from lorax_core.gelora.schema import PLAN_FORMAT, PLAN_VERSION
+from lorax_core.gelora.stability import (
+    MIN_RESAMPLES,
+    RANK_MODES,
+    increases_for,
+    mean_stability,
+    stability_of,
+)
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "LayerProfile", "ModulePlan", "RankPlan", "plan_ranks"]
 
@@ -49,13 +56,23 @@ _MODULE = Instance(nn.Module, "a torch.nn.Module")
 
 @dataclass(frozen=True)
 class LayerProfile:
-    """ID of hidden state h_index and, for blocks (index ≥ 1), the block's rank and alpha."""
+    """ID of hidden state h_index and, for blocks (index ≥ 1), the block's rank and alpha.
+
+    With joint resamples (:mod:`lorax_core.gelora.stability`): ``resamples`` holds d_index of
+    each resample, and blocks have ``delta_ci`` (the 95 % interval of Δd), ``rank_range``
+    (the 2.5 % and 97.5 % quantiles of the resamples' ranks) and ``rank_stability`` (the
+    fraction of resamples that give the block its rank); all None without resamples.
+    """
 
     index: int
     dimension: float
     ci: tuple[float, float] | None = None
     rank: int | None = None
     alpha: float | None = None
+    delta_ci: tuple[float, float] | None = None
+    rank_range: tuple[int, int] | None = None
+    rank_stability: float | None = None
+    resamples: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,7 @@ class RankPlan:
         c, offset, rank_min, rank_max, alpha_over_r: the rule's parameters (``c`` as solved in
             budget mode).
         budget: the parameter budget the plan was solved for, or None.
+        rank_mode: ``plain`` or ``noise-aware`` (:mod:`lorax_core.gelora.stability`).
         model, estimator, capture: free-form descriptions of where the IDs came from.
     """
 
@@ -102,9 +120,15 @@ class RankPlan:
     rank_max: int | None
     alpha_over_r: float
     budget: int | None = None
+    rank_mode: str = "plain"
     model: dict[str, Any] = field(default_factory=dict)
     estimator: dict[str, Any] = field(default_factory=dict)
     capture: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stability(self) -> float | None:
+        """Mean over the blocks of ``rank_stability`` (None without joint resamples)."""
+        return mean_stability([layer.rank_stability for layer in self.layers[1:]])
 
     @property
     def num_parameters(self) -> int:
@@ -314,6 +338,15 @@ _CI = (
     rank_min=Integer(low=1),
     rank_max=[Integer(low=1), NoneValue()],
     alpha_over_r=Real(low=0, closed="neither"),
+    rank_mode=Options(RANK_MODES),
+    resamples=[
+        Satisfies(
+            (np.ndarray, Sequence),
+            lambda r: np.asarray(r).ndim == 2 and np.asarray(r).shape[0] >= MIN_RESAMPLES,
+            f"a [B, L + 1] array of resample IDs with B >= {MIN_RESAMPLES}",
+        ),
+        NoneValue(),
+    ],
 )
 def plan_ranks(
     layer_ids: Sequence[Any],
@@ -326,6 +359,8 @@ def plan_ranks(
     rank_max: int | None = None,
     alpha_over_r: float = 32,
     budget: Budget | None = None,
+    rank_mode: str = "plain",
+    resamples: np.ndarray | Sequence[Sequence[float]] | None = None,
 ) -> RankPlan:
     """Apply the GeLoRA rank rule to layer IDs d_0 … d_L.
 
@@ -373,7 +408,17 @@ def plan_ranks(
     weights = [0] * n_blocks  # Σ in + out of the targeted modules of blocks 1 … L
     for name in names:
         weights[blocks[name] - 1] += sum(shapes[name])  # type: ignore[operator]
-    increases = id_increases([d for d, _ in profile])
+    dims = [d for d, _ in profile]
+    draws = None if resamples is None else np.asarray(resamples, np.float64)
+    if draws is not None and (draws.shape[1] != len(dims) or not np.isfinite(draws).all()):
+        raise ValueError(
+            f"plan_ranks: resamples must be finite [B, {len(dims)}] (one ID per layer), got "
+            f"shape {list(draws.shape)}"
+        )
+    try:
+        increases = increases_for(dims, draws, rank_mode)
+    except ValueError as err:
+        raise ValueError(f"plan_ranks: {err}") from None
 
     target = budget_parameters(budget, weights)
     if target is not None:
@@ -382,15 +427,8 @@ def plan_ranks(
         c = solve_c(increases, weights, target, offset, rank_min, rank_max)
 
     ranks = [0, *block_ranks(increases, c, offset, rank_min, rank_max)]
-    layers = tuple(
-        LayerProfile(
-            index=i,
-            dimension=d,
-            ci=ci,
-            rank=ranks[i] if i else None,
-            alpha=float(alpha_over_r * ranks[i]) if i else None,
-        )
-        for i, (d, ci) in enumerate(profile)
+    layers = _layers(
+        profile, ranks, alpha_over_r, draws, rank_mode, (c, offset, rank_min, rank_max)
     )
     planned = {
         name: ModulePlan(
@@ -411,5 +449,42 @@ def plan_ranks(
         rank_max=rank_max,
         alpha_over_r=float(alpha_over_r),
         budget=target,
+        rank_mode=rank_mode,
         model={"class": type(model).__name__} if isinstance(model, nn.Module) else {},
     )
+
+
+def _layers(
+    profile: Sequence[tuple[float, tuple[float, float] | None]],
+    ranks: Sequence[int],
+    alpha_over_r: float,
+    resamples: np.ndarray | None,
+    rank_mode: str,
+    rule: tuple[float, int, int, int | None],
+) -> tuple[LayerProfile, ...]:
+    """The plan's layers: IDs, block ranks and alphas, and the resample summary if any."""
+    summary = None
+    if resamples is not None:
+        summary = stability_of([d for d, _ in profile], resamples, ranks[1:], rank_mode, rule)
+    layers = []
+    for i, (d, ci) in enumerate(profile):
+        extra: dict[str, Any] = {}
+        if resamples is not None:
+            extra["resamples"] = tuple(float(v) for v in resamples[:, i])
+        if summary is not None and i:
+            extra.update(
+                delta_ci=summary.delta_ci[i - 1],
+                rank_range=summary.rank_range[i - 1],
+                rank_stability=summary.rank_stability[i - 1],
+            )
+        layers.append(
+            LayerProfile(
+                index=i,
+                dimension=d,
+                ci=ci,
+                rank=ranks[i] if i else None,
+                alpha=float(alpha_over_r * ranks[i]) if i else None,
+                **extra,
+            )
+        )
+    return tuple(layers)

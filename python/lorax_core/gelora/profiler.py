@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -40,15 +42,30 @@ from lorax_core._validation import (
     Real,
     Satisfies,
     check,
+    is_integer,
     validate_params,
 )
-from lorax_core.gelora.capture import POOLINGS, capture_hidden_states, pool_hidden_states
+from lorax_core.gelora.capture import (
+    POOLINGS,
+    capture_hidden_states,
+    is_causal_lm,
+    pool_hidden_states,
+)
 from lorax_core.gelora.modules import ModuleShapes, linear_modules, select_targets
 from lorax_core.gelora.plan import RankPlan, plan_ranks
 from lorax_core.gelora.rule import RULE_FIELDS, Budget, check_budget
+from lorax_core.gelora.stability import MIN_RESAMPLES, RANK_MODES, resample_dimensions
 from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
 
-__all__ = ["DEFAULT_N_SAMPLES", "ESTIMATORS", "ProfileResult", "profile", "read_texts"]
+__all__ = [
+    "DEFAULT_N_SAMPLES",
+    "DEVICE_MAPS",
+    "DTYPES",
+    "ESTIMATORS",
+    "ProfileResult",
+    "profile",
+    "read_texts",
+]
 
 #: Rows per layer when ``n_samples`` is not given (fewer if the data holds fewer).
 DEFAULT_N_SAMPLES = 2000
@@ -58,6 +75,30 @@ CHECKPOINT_NAME = "model.safetensors"
 MIN_POINTS = 3
 
 _PATH = Instance((str, os.PathLike), "a path")
+
+#: Weight dtypes a checkpoint can be run in.
+DTYPES = ("float32", "bfloat16", "float16")
+#: ``transformers``' named device-map strategies.
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _is_device(value: object) -> bool:
+    try:
+        torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+_DEVICE = Satisfies((str, torch.device), _is_device, "a torch device such as 'cpu' or 'cuda:0'")
+_DEVICE_MAP = Satisfies(
+    Mapping,
+    lambda m: all(
+        isinstance(k, str) and (is_integer(v) or (isinstance(v, str) and bool(v)))
+        for k, v in m.items()
+    ),
+    "a map of module names to devices",
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,12 @@ class _Hidden:
     batch_size=Integer(low=1),
     max_length=Integer(low=1),
     progress=Bool(),
+    rank_mode=Options(RANK_MODES),
+    skip_first=[Bool(), NoneValue()],
+    final_norm=Bool(),
+    device=[_DEVICE, NoneValue()],
+    dtype=[Options(DTYPES), NoneValue()],
+    device_map=[Options(DEVICE_MAPS), _DEVICE_MAP, NoneValue()],
 )
 def profile(
     source: str | os.PathLike[str] | nn.Module,
@@ -132,6 +179,12 @@ def profile(
     batch_size: int = 32,
     max_length: int = 128,
     progress: bool = False,
+    rank_mode: str = "plain",
+    skip_first: bool | None = None,
+    final_norm: bool = False,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    device_map: str | Mapping[str, int | str] | None = None,
 ) -> ProfileResult:
     """Per-layer intrinsic dimensions and the GeLoRA rank plan of a model or its hidden states.
 
@@ -148,7 +201,10 @@ def profile(
             ``"texts"``).
         pooling: ``mean`` | ``cls`` | ``last`` | ``tokens`` (see ``capture``).
         estimator, k, bootstrap: the ID estimator (``twonn`` or ``mle`` with ``k`` neighbours)
-            and its bootstrap resamples for the intervals (0: none).
+            and its bootstrap resamples: each layer's interval, and as many joint resamples
+            of all layers (:mod:`lorax_core.gelora.stability`) for every block's Δd interval,
+            rank range and rank stability and the plan's stability (0: none; 1 gives the
+            intervals only).
         n_samples: rows per layer (tokens for ``pooling="tokens"``); default
             ``DEFAULT_N_SAMPLES`` or all the data holds, if fewer. Texts are sampled with
             ``seed``, which also seeds the token subset and the bootstrap.
@@ -156,6 +212,19 @@ def profile(
             :func:`lorax_core.gelora.plan_ranks`.
         batch_size, max_length: texts per forward pass, tokens per text.
         progress: show progress bars on stderr.
+        rank_mode: ``plain`` (default) or ``noise-aware``: extra rank only where a block's ID
+            increase is clear of the noise (the lower end of its joint-resample interval;
+            needs ``bootstrap >= 2``).
+        skip_first: leave each text's first token out of the pooling (None: for causal LMs;
+            for a hidden-states file, only when True). See ``capture``.
+        final_norm: h_L after a decoder's final norm rather than the last block's output.
+        device: where a checkpoint runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``); default CPU.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` weights for a checkpoint; default
+            bfloat16 on a CUDA device (or a ``device_map`` on a machine with one), else
+            float32. States are pooled in float32 whatever the dtype.
+        device_map: a ``transformers`` device map for a checkpoint larger than one device
+            (``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a map of
+            module names to devices; needs ``accelerate``); not with ``device``.
 
     Returns:
         The :class:`ProfileResult`: the plan and the layer IDs.
@@ -169,20 +238,49 @@ def profile(
     budget = check_budget("profile", "budget", budget)
     if rank_max is not None:
         check("profile", "rank_max", rank_max, Integer(low=rank_min), NoneValue())
-    options = _Options(pooling, n_samples, seed, batch_size, max_length, progress, target_modules)
+    if rank_mode == "noise-aware" and bootstrap < MIN_RESAMPLES:
+        raise ValueError(
+            f"profile: bootstrap must be an int >= {MIN_RESAMPLES} with rank_mode="
+            f"'noise-aware', got {bootstrap}"
+        )
+    if device is not None and device_map is not None:
+        raise ValueError("profile: device must be None with device_map (it places the model)")
+    placement = _Placement(device, dtype, device_map)
+    options = _Options(
+        pooling,
+        n_samples,
+        seed,
+        batch_size,
+        max_length,
+        progress,
+        target_modules,
+        skip_first,
+        final_norm,
+    )
     if isinstance(source, nn.Module):
         if texts is None or tokenizer is None:
             raise ValueError("profile: texts and tokenizer must be given to run a loaded model")
+        placement.refuse("a loaded model (place it yourself)")
         hidden = _from_model(source, tokenizer, _Texts.of(texts, data_name, options), options)
     else:
-        hidden = _from_path(Path(source), texts, data_name, options)
+        hidden = _from_path(Path(source), texts, data_name, options, placement)
     params: dict[str, Any] = {"bootstrap": bootstrap, "random_state": seed}
     if estimator == "mle":
         params["k"] = k
-    ids = _estimate(hidden.layers, estimator, params, progress)
-    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget)
+    ids = _estimate(hidden.layers, estimator, params, progress, placement.id_device)
+    resamples = None
+    if bootstrap >= MIN_RESAMPLES:
+        resamples = resample_dimensions(
+            hidden.layers,
+            estimator,
+            {**params, **_id_device(placement.id_device)},
+            bootstrap,
+            seed,
+            progress=progress,
+        )
+    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget, rank_mode)
     rule: dict[str, Any] = dict(zip(RULE_FIELDS, settings, strict=True))
-    plan = plan_ranks(ids, hidden.shapes, target_modules, **rule)
+    plan = plan_ranks(ids, hidden.shapes, target_modules, resamples=resamples, **rule)
     plan = dataclasses.replace(
         plan,
         model=hidden.model,
@@ -201,6 +299,50 @@ class _Options:
     max_length: int
     progress: bool
     target_modules: str | Sequence[str] | None
+    skip_first: bool | None
+    final_norm: bool
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where and in which dtype a checkpoint runs."""
+
+    device: str | torch.device | None
+    dtype: str | None
+    device_map: str | Mapping[str, int | str] | None
+
+    def refuse(self, what: str) -> None:
+        """Raise if any placement was asked for ``what`` (which cannot take one)."""
+        for name in ("device", "dtype", "device_map"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"profile: {name} must be None for {what}")
+
+    @property
+    def on_cuda(self) -> bool:
+        if self.device is not None:
+            return torch.device(self.device).type == "cuda"
+        return self.device_map is not None and torch.cuda.is_available()
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        name = self.dtype or ("bfloat16" if self.on_cuda else "float32")
+        return getattr(torch, name)  # type: ignore[no-any-return]
+
+    @property
+    def id_device(self) -> str | None:
+        """The device for the ID estimates' kNN: the model's CUDA device, if any."""
+        if self.device is not None and torch.device(self.device).type == "cuda":
+            return str(self.device)
+        return "cuda" if self.on_cuda else None
+
+
+def _id_device(device: str | None) -> dict[str, Any]:
+    """``{"device": device}`` if the ID estimators take one and a device is set, else {}."""
+    from lorax_core.id import estimate_layers
+
+    if device is None or "device" not in inspect.signature(estimate_layers).parameters:
+        return {}
+    return {"device": device}
 
 
 @dataclass(frozen=True)
@@ -247,6 +389,7 @@ def _from_path(
     texts: str | os.PathLike[str] | Sequence[str] | None,
     data_name: str | None,
     options: _Options,
+    placement: _Placement,
 ) -> _Hidden:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -255,6 +398,7 @@ def _from_path(
     if holds_hidden_states(read_header(path)):
         if texts is not None:
             raise ValueError(f"profile: texts must not be given with a hidden-states file ({path})")
+        placement.refuse(f"a hidden-states file ({path})")
         return _from_file(path, options)
     if not (path.parent / "config.json").is_file():
         raise ValueError(
@@ -266,7 +410,7 @@ def _from_path(
     if texts is None:
         raise ValueError(f"profile: texts must be given to run the model checkpoint {path}")
     chosen = _Texts.of(texts, data_name, options)
-    model, tokenizer = _load_transformers(path.parent)
+    model, tokenizer = _load_transformers(path.parent, placement)
     hidden = _from_model(model, tokenizer, chosen, options)
     hidden.model["sha256"] = _sha256(path)
     return hidden
@@ -287,6 +431,7 @@ def _from_file(path: Path, options: _Options) -> _Hidden:
         pooling=options.pooling,
         n_samples=n_samples,
         seed=options.seed,
+        skip_first=options.skip_first is True,
     )
     shapes = _module_shapes(path, states.metadata.get("modules"))
     if shapes is not None:
@@ -318,6 +463,7 @@ def _module_shapes(path: Path, raw: str | None) -> dict[str, tuple[int, int]] | 
 
 def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Options) -> _Hidden:
     shapes = linear_modules(model)
+    skip_first = is_causal_lm(model) if options.skip_first is None else options.skip_first
     select_targets(shapes, options.target_modules)  # fail before the capture, not after
     n_batches = -(-len(texts.chosen) // options.batch_size)
     with tqdm(
@@ -333,6 +479,8 @@ def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Optio
             pooling=options.pooling,
             n_samples=texts.n_samples,
             seed=options.seed,
+            skip_first=skip_first,
+            final_norm=options.final_norm,
         )
         bar.update(bar.total - bar.n)  # capture stops as soon as it holds n_samples rows
     assert isinstance(layers, list)
@@ -350,11 +498,27 @@ def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Optio
         "n_samples": texts.n_samples,
         "seed": options.seed,
         "max_length": options.max_length,
+        "batch_size": options.batch_size,
+        "skip_first": skip_first,
+        "final_norm": options.final_norm,
+        **_placement_of(model),
     }
     return _Hidden(layers, shapes, model_info, capture)
 
 
-def _load_transformers(model_dir: Path) -> tuple[nn.Module, Any]:
+def _placement_of(model: nn.Module) -> dict[str, Any]:
+    """Where ``model`` runs, as the plan's ``capture`` records it: the device and dtype of its
+    first parameter and its ``device_map``, if it was dispatched with one."""
+    param = next(model.parameters(), None)
+    device_map = getattr(model, "hf_device_map", None)
+    return {
+        "device": None if param is None else str(param.device),
+        "dtype": None if param is None else str(param.dtype).removeprefix("torch."),
+        "device_map": None if not device_map else {str(k): v for k, v in device_map.items()},
+    }
+
+
+def _load_transformers(model_dir: Path, placement: _Placement) -> tuple[nn.Module, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoModel, AutoTokenizer
@@ -367,10 +531,15 @@ def _load_transformers(model_dir: Path) -> tuple[nn.Module, Any]:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        extra = {} if placement.device_map is None else {"device_map": placement.device_map}
+        model = AutoModel.from_pretrained(
+            str(model_dir), local_files_only=True, dtype=placement.torch_dtype, **extra
+        )
     except Exception as err:  # transformers raises many types for a bad folder
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{model_dir}: cannot load the model or tokenizer: {first}") from None
+    if placement.device is not None:
+        model.to(placement.device)
     return model.eval(), tokenizer
 
 
@@ -391,11 +560,16 @@ def _batches(
 
 
 def _estimate(
-    layers: list[np.ndarray], estimator: str, params: dict[str, Any], progress: bool
+    layers: list[np.ndarray],
+    estimator: str,
+    params: dict[str, Any],
+    progress: bool,
+    device: str | None,
 ) -> list[Any]:
     """One ``IDResult`` per layer; a failure names the hidden state ``h_<i>``."""
     from lorax_core.id import estimate_layers
 
+    params = {**params, **_id_device(device)}
     results = []
     bar = tqdm(
         layers, desc=f"ID ({estimator})", unit="layer", file=sys.stderr, disable=not progress

@@ -37,7 +37,7 @@ Budget = int | str
 
 UNIFORM_PREFIX = "uniform:"
 # The rule's settings, in the order plan_ranks, RankPlan and the plan document name them.
-RULE_FIELDS = ("c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget")
+RULE_FIELDS = ("c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget", "rank_mode")
 _BISECTION_STEPS = 200
 _C_LIMIT = 1e15  # the solver searches c in [0, _C_LIMIT]
 

@@ -1,14 +1,23 @@
 """The rank plan's JSON document (docs/gelora.md): writing it, and reading it back validated.
 
-Layout, version 1::
+Layout, version 2::
 
-    {"format": "lorax_core.rank_plan", "version": 1,
+    {"format": "lorax_core.rank_plan", "version": 2,
      "model": {...}, "estimator": {...}, "capture": {...},          # free-form descriptions
-     "rule": {"c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget"},
+     "rule": {"c", "offset", "rank_min", "rank_max", "alpha_over_r", "budget",
+              "rank_mode": "plain" | "noise-aware"},
      "layers": [{"index": i, "dimension": d_i, "ci": [lo, hi] | null,
-                 "rank": r_i | null, "alpha": alpha_i | null}, ...],   # h_0 … h_L
+                 "rank": r_i | null, "alpha": alpha_i | null,
+                 "resamples": [d_i of each joint resample] | null,
+                 "delta_ci": [lo, hi] | null, "rank_range": [lo, hi] | null,
+                 "rank_stability": fraction | null}, ...],          # h_0 … h_L
      "modules": {"<module name>": {"block", "rank", "alpha", "in_features", "out_features"}},
+     "stability": mean rank_stability | null,
      "num_parameters": Σ rank · (in_features + out_features)}
+
+Version 1 documents (no ``rank_mode``, no resample fields, no ``stability``) still load, as
+plain plans without resamples. The resample fields are recomputed from ``resamples`` on reading
+(:mod:`lorax_core.gelora.stability`) and must match.
 
 Reading checks every field and reports the first fault as ``<where>: <field> must be <rule>,
 got <value>`` (a ``ValueError``), ``<where>`` being the file or ``"plan"``.
@@ -16,6 +25,7 @@ got <value>`` (a ``ValueError``), ``<where>`` being the file or ``"plan"``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +34,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lorax_core._atomic import atomic_write
 from lorax_core._format import DocumentFormat
 from lorax_core._validation import (
@@ -31,13 +43,21 @@ from lorax_core._validation import (
     Instance,
     Integer,
     NoneValue,
+    Options,
     Real,
     Satisfies,
     check,
     describe,
 )
 from lorax_core.gelora.modules import block_of
-from lorax_core.gelora.rule import RULE_FIELDS, block_ranks, id_increases
+from lorax_core.gelora.rule import RULE_FIELDS, block_ranks
+from lorax_core.gelora.stability import (
+    MIN_RESAMPLES,
+    RANK_MODES,
+    increases_for,
+    mean_stability,
+    stability_of,
+)
 
 if TYPE_CHECKING:
     from lorax_core.gelora.plan import RankPlan
@@ -53,11 +73,12 @@ __all__ = [
 ]
 
 #: The plan document's format: name ``lorax_core.rank_plan``, integer ``version``.
-PLAN_DOCUMENT = DocumentFormat("lorax_core.rank_plan", 1)
+PLAN_DOCUMENT = DocumentFormat("lorax_core.rank_plan", 2)
 PLAN_FORMAT = PLAN_DOCUMENT.name
 PLAN_VERSION = PLAN_DOCUMENT.version
 
 _FIELDS = ("model", "estimator", "capture", "rule", "layers", "modules", "num_parameters")
+_FIELDS_V2 = (*_FIELDS, "stability")
 _POSITIVE_INT = Integer(low=1)
 _POSITIVE = Real(low=0, closed="neither")
 _OBJECT = Instance(dict, "an object")
@@ -77,12 +98,17 @@ def plan_to_dict(plan: RankPlan) -> dict[str, Any]:
                 "rank_max": plan.rank_max,
                 "alpha_over_r": plan.alpha_over_r,
                 "budget": plan.budget,
+                "rank_mode": plan.rank_mode,
             },
             "layers": [
-                {**asdict(layer), "ci": None if layer.ci is None else list(layer.ci)}
+                {
+                    key: list(value) if isinstance(value, tuple) else value
+                    for key, value in asdict(layer).items()
+                }
                 for layer in plan.layers
             ],
             "modules": {name: asdict(m) for name, m in plan.modules.items()},
+            "stability": plan.stability,
             "num_parameters": plan.num_parameters,
         }
     )
@@ -175,8 +201,10 @@ def _json_value(value: Any) -> bool:
 
 _FREE_FORM = Satisfies(dict, _json_value, "a JSON object")
 _LAYER_FIELDS = ("index", "dimension", "ci", "rank", "alpha")
+_RESAMPLE_FIELDS = ("resamples", "delta_ci", "rank_range", "rank_stability")
 _MODULE_FIELDS = ("block", "rank", "alpha", "in_features", "out_features")
 _CI = Instance(list, "null or two numbers [lo, hi] with lo <= hi")
+_LIST = Instance(list, "a list")
 
 
 def _same_alpha(a: float, b: float) -> bool:
@@ -201,16 +229,20 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     """
     from lorax_core.gelora.plan import LayerProfile, ModulePlan, RankPlan
 
-    PLAN_DOCUMENT.check(doc, where, required=_FIELDS)
-    _only(where, "the plan", doc, (*PLAN_DOCUMENT.fields(), *_FIELDS))
+    version = PLAN_DOCUMENT.check(doc, where, required=_FIELDS)
+    v1 = version == 1
+    _only(where, "the plan", doc, (*PLAN_DOCUMENT.fields(), *(_FIELDS if v1 else _FIELDS_V2)))
+    if not v1 and "stability" not in doc:
+        raise ValueError(f"{where}: stability is missing")
     rule = _get(doc, "rule", where, "", _OBJECT)
-    _only(where, "rule", rule, RULE_FIELDS)
+    _only(where, "rule", rule, RULE_FIELDS[:-1] if v1 else RULE_FIELDS)
     c = _get(rule, "c", where, "rule.", Real(low=0))
     offset = _get(rule, "offset", where, "rule.", Integer())
     rank_min = _get(rule, "rank_min", where, "rule.", _POSITIVE_INT)
     rank_max = _get(rule, "rank_max", where, "rule.", Integer(low=rank_min), NoneValue())
     alpha_over_r = _get(rule, "alpha_over_r", where, "rule.", _POSITIVE)
     budget = _get(rule, "budget", where, "rule.", _POSITIVE_INT, NoneValue())
+    rank_mode = "plain" if v1 else _get(rule, "rank_mode", where, "rule.", Options(RANK_MODES))
 
     layers_doc = _get(doc, "layers", where, "", Instance(list, "a list"))
     if len(layers_doc) < 2:
@@ -219,7 +251,9 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     for i, item in enumerate(layers_doc):
         at = f"layers[{i}]."
         _check(where, f"layers[{i}]", item, _OBJECT)
-        _only(where, f"layers[{i}]", item, _LAYER_FIELDS)
+        _only(
+            where, f"layers[{i}]", item, _LAYER_FIELDS if v1 else _LAYER_FIELDS + _RESAMPLE_FIELDS
+        )
         _get(item, "index", where, at, Integer(low=i, high=i))
         dimension = _get(item, "dimension", where, at, Real())
         ci = _get(item, "ci", where, at, _CI, NoneValue())
@@ -231,8 +265,14 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
                 raise _fault(where, f"{at}ci", _CI.rule, ci)
             ci = (lo, hi)
         entries.append((dimension, ci))
+    draws = None if v1 else _resamples(where, layers_doc)
+    dims = [d for d, _ in entries]
     try:
-        ranks = block_ranks(id_increases([d for d, _ in entries]), c, offset, rank_min, rank_max)
+        increases = increases_for(dims, draws, rank_mode)
+    except ValueError as err:
+        raise _fault(where, "rule.rank_mode", f"'plain' ({err})", rank_mode) from None
+    try:
+        ranks = block_ranks(increases, c, offset, rank_min, rank_max)
     except ValueError as err:
         raise _fault(where, "rule.c", f"small enough for finite ranks ({err})", c) from None
     layers: list[LayerProfile] = []
@@ -246,19 +286,26 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
         rank = _get(item, "rank", where, at, _POSITIVE_INT)
         expected = ranks[i - 1]
         if rank != expected:
-            raise _fault(
-                where,
-                f"{at}rank",
-                f"{expected}, the rule's rank for d_{i - 1} = {entries[i - 1][0]!r} and "
-                f"d_{i} = {dimension!r}",
-                rank,
+            basis = (
+                f"d_{i - 1} = {entries[i - 1][0]!r} and d_{i} = {dimension!r}"
+                if rank_mode == "plain"
+                else f"the lower end {increases[i - 1]!r} of Δd's resample interval"
             )
+            raise _fault(where, f"{at}rank", f"{expected}, the rule's rank for {basis}", rank)
         alpha = _get(item, "alpha", where, at, _POSITIVE)
         if not _same_alpha(alpha, alpha_over_r * rank):
             raise _fault(
                 where, f"{at}alpha", f"rule.alpha_over_r × rank = {alpha_over_r * rank!r}", alpha
             )
         layers.append(LayerProfile(index=i, dimension=dimension, ci=ci, rank=rank, alpha=alpha))
+    if not v1:
+        rule_of = (c, offset, rank_min, rank_max)
+        layers = _with_stability(where, layers_doc, layers, draws, rank_mode, rule_of)
+        stability = _get(doc, "stability", where, "", Real(low=0, high=1), NoneValue())
+        expected_stability = mean_stability([layer.rank_stability for layer in layers[1:]])
+        if stability != expected_stability:
+            shown = "null without resamples" if expected_stability is None else expected_stability
+            raise _fault(where, "stability", f"{shown}, the mean rank_stability", stability)
 
     modules: dict[str, ModulePlan] = {}
     for name, item in _get(doc, "modules", where, "", _OBJECT).items():
@@ -287,7 +334,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
             in_features=_get(item, "in_features", where, at, _POSITIVE_INT),
             out_features=_get(item, "out_features", where, at, _POSITIVE_INT),
         )
-    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget)
+    settings = (c, offset, rank_min, rank_max, alpha_over_r, budget, rank_mode)
     plan = RankPlan(
         layers=tuple(layers),
         modules=modules,
@@ -307,3 +354,58 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
         if budget < plan.num_parameters:
             raise _fault(where, "rule.budget", f">= num_parameters = {plan.num_parameters}", budget)
     return plan
+
+
+def _resamples(where: str, layers_doc: list[Any]) -> Any:
+    """The ``[B, L + 1]`` resample IDs of a version-2 document's layers, or None."""
+    columns = [
+        _get(item, "resamples", where, f"layers[{i}].", _LIST, NoneValue())
+        for i, item in enumerate(layers_doc)
+    ]
+    if all(c is None for c in columns):
+        return None
+    rule = f"a list of at least {MIN_RESAMPLES} numbers, as long in every layer"
+    for i, column in enumerate(columns):
+        if column is None or len(column) != len(columns[0]) or len(column) < MIN_RESAMPLES:
+            raise _fault(where, f"layers[{i}].resamples", rule, column)
+        for j, v in enumerate(column):
+            _check(where, f"layers[{i}].resamples[{j}]", v, Real())
+    return np.array(columns, np.float64).T
+
+
+def _with_stability(
+    where: str,
+    layers_doc: list[Any],
+    layers: list[Any],
+    draws: Any,
+    rank_mode: str,
+    rule: tuple[float, int, int, int | None],
+) -> list[Any]:
+    """``layers`` with the resample fields, checked against their recomputation."""
+    summary = None
+    if draws is not None:
+        dims = [layer.dimension for layer in layers]
+        summary = stability_of(dims, draws, [layer.rank for layer in layers[1:]], rank_mode, rule)
+    out = []
+    for i, (item, layer) in enumerate(zip(layers_doc, layers, strict=True)):
+        expected: dict[str, Any] = dict.fromkeys(_RESAMPLE_FIELDS)
+        if draws is not None:
+            expected["resamples"] = tuple(float(v) for v in draws[:, i])
+        if summary is not None and i:
+            expected.update(
+                delta_ci=summary.delta_ci[i - 1],
+                rank_range=summary.rank_range[i - 1],
+                rank_stability=summary.rank_stability[i - 1],
+            )
+        for key in _RESAMPLE_FIELDS:
+            if key not in item:
+                raise ValueError(f"{where}: layers[{i}].{key} is missing")
+            found = item[key]
+            want = expected[key]
+            as_doc = list(want) if isinstance(want, tuple) else want
+            if found != as_doc:
+                shown = "null" if want is None else repr(as_doc)
+                rule_text = f"{shown}, as recomputed from the resamples"
+                raise _fault(where, f"layers[{i}].{key}", rule_text, found)
+        out.append(dataclasses.replace(layer, **expected))
+    return out
