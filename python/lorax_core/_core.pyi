@@ -6,7 +6,7 @@ too large raise ``ValueError`` naming the argument, non-integers ``TypeError``.
 """
 
 from collections.abc import Iterator
-from typing import Any, final
+from typing import Any, Final, final
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ __all__ = [
     "Neighbours",
     "NystromFactors",
     "RankAllocator",
+    "ScheduleOptions",
     "TwoNNOptions",
     "__version__",
     "adalora_budget",
@@ -39,54 +40,38 @@ _Float2D = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 @final
 class TwoNNOptions:
     def __new__(cls, discard_fraction: float = 0.1, method: str = "ls") -> TwoNNOptions: ...
-    @property
-    def discard_fraction(self) -> float: ...
-    @property
-    def method(self) -> str: ...
+    discard_fraction: Final[float]
+    method: Final[str]
 
 @final
 class MleOptions:
     def __new__(cls, k: int = 20, comb: str = "mle", unbiased: bool = False) -> MleOptions: ...
-    @property
-    def k(self) -> int: ...
-    @property
-    def comb(self) -> str: ...
-    @property
-    def unbiased(self) -> bool: ...
+    k: Final[int]
+    comb: Final[str]
+    unbiased: Final[bool]
 
 @final
 class EstimateOptions:
     def __new__(
         cls, bootstrap: int = 0, seed: int = 0, scales: bool = False, duplicate_tol: float = 1e-07
     ) -> EstimateOptions: ...
-    @property
-    def bootstrap(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def scales(self) -> bool: ...
-    @property
-    def duplicate_tol(self) -> float: ...
+    bootstrap: Final[int]
+    seed: Final[int]
+    scales: Final[bool]
+    duplicate_tol: Final[float]
 
 @final
 class IdEstimate:
-    @property
-    def dimension(self) -> float: ...
-    @property
-    def ci(self) -> tuple[float, float] | None: ...
-    @property
-    def n_samples(self) -> int: ...
-    @property
-    def n_duplicates(self) -> int: ...
-    @property
-    def scales(self) -> list[tuple[int, float]] | None: ...
+    dimension: Final[float]
+    ci: Final[tuple[float, float] | None]
+    n_samples: Final[int]
+    n_duplicates: Final[int]
+    scales: Final[list[tuple[int, float]] | None]
 
 @final
 class Neighbours:
-    @property
-    def distances(self) -> npt.NDArray[np.float64]: ...
-    @property
-    def indices(self) -> npt.NDArray[np.int64]: ...
+    distances: Final[npt.NDArray[np.float64]]
+    indices: Final[npt.NDArray[np.int64]]
 
 def knn(x: _Float2D, k: int) -> Neighbours: ...
 def estimate_id(
@@ -104,12 +89,9 @@ def estimate_id_many(
 class NystromFactors:
     """``B`` (m, r), ``N`` (r, r), ``A`` (r, n) in the input's dtype; unpacks as ``B, N, A``."""
 
-    @property
-    def B(self) -> npt.NDArray[Any]: ...  # noqa: N802
-    @property
-    def N(self) -> npt.NDArray[Any]: ...  # noqa: N802
-    @property
-    def A(self) -> npt.NDArray[Any]: ...  # noqa: N802
+    B: Final[npt.NDArray[Any]]
+    N: Final[npt.NDArray[Any]]
+    A: Final[npt.NDArray[Any]]
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[npt.NDArray[Any]]: ...
 
@@ -128,57 +110,65 @@ def nystrom(
 @final
 class ModulePlan:
     def __new__(cls, perm: list[int], n_keep: int, new_rank: int, seed: int) -> ModulePlan: ...
-    @property
-    def perm(self) -> list[int]: ...
-    @property
-    def n_keep(self) -> int: ...
-    @property
-    def new_rank(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
+    perm: Final[list[int]]
+    n_keep: Final[int]
+    new_rank: Final[int]
+    seed: Final[int]
 
 @final
 class Allocation:
-    @property
-    def step(self) -> int: ...
-    @property
-    def ranks(self) -> list[int]: ...
+    step: Final[int]
+    ranks: Final[list[int]]
+
+@final
+class ScheduleOptions:
+    """The schedule AdaLoRA and ElaLoRA share (``interval`` is AdaLoRA's ``delta_t``)."""
+
+    def __new__(
+        cls,
+        total_steps: int,
+        *,
+        t_init: int = 0,
+        t_final: int = 0,
+        interval: int = 1,
+        seed: int = 0,
+    ) -> ScheduleOptions: ...
+    total_steps: Final[int]
+    t_init: Final[int]
+    t_final: Final[int]
+    interval: Final[int]
+    seed: Final[int]
 
 @final
 class RankAllocator:
+    # ``**legacy``: the former schedule keywords (total_steps, t_init, t_final, delta_t or
+    # interval, seed), accepted in place of ``schedule`` for one release.
     @staticmethod
     def adalora(
         names: list[str],
         ranks: list[int],
         capacities: list[int],
+        schedule: ScheduleOptions | None = None,
         *,
-        total_steps: int,
-        t_init: int,
-        t_final: int,
         target_total: int,
-        delta_t: int,
         min_rank: int = 0,
-        seed: int = 0,
+        **legacy: int,
     ) -> RankAllocator: ...
     @staticmethod
     def elalora(
         names: list[str],
         ranks: list[int],
         capacities: list[int],
+        schedule: ScheduleOptions | None = None,
         *,
-        total_steps: int,
-        t_init: int,
-        t_final: int,
-        interval: int,
         b0: int = 4,
         k: int = 2,
-        seed: int = 0,
+        **legacy: int,
     ) -> RankAllocator: ...
     @staticmethod
     def from_json(state: str) -> RankAllocator: ...
     def to_json(self) -> str: ...
-    @property
-    def method(self) -> str: ...
+    method: Final[str]
     def names(self) -> list[str]: ...
     def ranks(self) -> list[int]: ...
     def capacities(self) -> list[int]: ...

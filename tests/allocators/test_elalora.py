@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorax_core._core import RankAllocator
+from lorax_core._core import RankAllocator, ScheduleOptions
 
 T, T_INIT, T_FINAL, INTERVAL = 100, 10, 10, 5
 FIRST = T_INIT + INTERVAL  # first round, b(t) = b0 there (p³ rounds away)
@@ -46,18 +46,8 @@ def round_inputs(draw):
 
 def make(ranks, caps, b, k, seed=0):
     names = [f"layer.{i}" for i in range(len(ranks))]
-    return RankAllocator.elalora(
-        names,
-        ranks,
-        caps,
-        total_steps=T,
-        t_init=T_INIT,
-        t_final=T_FINAL,
-        interval=INTERVAL,
-        b0=b,
-        k=k,
-        seed=seed,
-    )
+    schedule = ScheduleOptions(T, t_init=T_INIT, t_final=T_FINAL, interval=INTERVAL, seed=seed)
+    return RankAllocator.elalora(names, ranks, caps, schedule, b0=b, k=k)
 
 
 @given(round_inputs())

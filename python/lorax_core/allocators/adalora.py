@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorax_core._core import RankAllocator
+from lorax_core._core import RankAllocator, ScheduleOptions
 from lorax_core._validation import Integer, validate_params
 from lorax_core.allocators.base import (
     SCHEDULE_CHECKS,
@@ -23,6 +23,9 @@ from lorax_core.allocators.base import (
 )
 
 __all__ = ["AdaLoRA"]
+
+# Checks of AdaLoRA's own arguments (the schedule's are SCHEDULE_CHECKS).
+ADALORA_CHECKS = {"target_r": Integer(low=0), "delta_t": Integer(low=1), "min_rank": Integer(low=0)}
 
 
 class AdaLoRA(RankAllocatorBase):
@@ -41,13 +44,7 @@ class AdaLoRA(RankAllocatorBase):
         seed: seed of the allocator's RNG.
     """
 
-    @validate_params(
-        "AdaLoRA",
-        **SCHEDULE_CHECKS,
-        target_r=Integer(low=0),
-        delta_t=Integer(low=1),
-        min_rank=Integer(low=0),
-    )
+    @validate_params("AdaLoRA", **SCHEDULE_CHECKS, **ADALORA_CHECKS)
     def __init__(
         self,
         model: nn.Module,
@@ -65,14 +62,13 @@ class AdaLoRA(RankAllocatorBase):
         seed: int = 0,
     ) -> None:
         modules = svd_modules(model)
+        schedule = ScheduleOptions(
+            total_steps, t_init=t_init, t_final=t_final, interval=delta_t, seed=seed
+        )
         allocator = RankAllocator.adalora(
             *module_lists(modules),
-            total_steps=total_steps,
-            t_init=t_init,
-            t_final=t_final,
+            schedule,
             target_total=target_r * len(modules),
-            delta_t=delta_t,
             min_rank=min_rank,
-            seed=seed,
         )
         super().__init__(modules, allocator, optimizer, beta1, beta2, gamma)

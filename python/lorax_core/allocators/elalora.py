@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorax_core._core import RankAllocator
+from lorax_core._core import RankAllocator, ScheduleOptions
 from lorax_core._validation import Integer, validate_params
 from lorax_core.allocators.base import (
     SCHEDULE_CHECKS,
@@ -76,14 +76,8 @@ class ElaLoRA(RankAllocatorBase):
                 "model: ElaLoRA needs room to expand; set r_max > r in the AdapterConfig "
                 "(e.g. r_max = 2 * r)"
             )
-        allocator = RankAllocator.elalora(
-            *module_lists(modules),
-            total_steps=total_steps,
-            t_init=t_init,
-            t_final=t_final,
-            interval=interval,
-            b0=b,
-            k=k,
-            seed=seed,
+        schedule = ScheduleOptions(
+            total_steps, t_init=t_init, t_final=t_final, interval=interval, seed=seed
         )
+        allocator = RankAllocator.elalora(*module_lists(modules), schedule, b0=b, k=k)
         super().__init__(modules, allocator, optimizer, beta1, beta2, gamma)

@@ -4,6 +4,8 @@
 //! panics on user input, so the bindings crate can map every failure to a
 //! Python exception.
 
+#![forbid(unsafe_code)]
+
 pub mod allocator;
 pub mod error;
 pub mod id;

@@ -8,8 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use lorax_core::id::{
     estimate, estimate_many, Comb, Estimator, IdResult, Mle, Options, TwoNN, TwoNNMethod,
 };
-use lorax_core::knn::{MatRef, Points};
-use lorax_core_fuzz::{Bytes, Matrix};
+use lorax_core_fuzz::{Bytes, Element, Matrix};
 
 fn estimator(b: &mut Bytes<'_>) -> Estimator {
     let sel = b.u8();
@@ -96,32 +95,34 @@ fn check(r: &IdResult, n: usize) {
     }
 }
 
-/// A view of `s` (`n × d`, C or Fortran order).
-fn view<T: lorax_core::Real>(s: &[T], n: usize, d: usize, fortran: bool) -> MatRef<'_, T> {
-    if fortran {
-        MatRef::col_major(s, n, d).unwrap()
-    } else {
-        MatRef::row_major(s, n, d).unwrap()
-    }
-}
-
 /// Multiplies by `2^e` only if every value stays a normal number (so the product is exact).
-fn rescale<T: Copy + Into<f64>>(
-    x: &[T],
-    e: i32,
-    min_normal: f64,
-    max: f64,
-    back: impl Fn(f64) -> T,
-) -> Option<Vec<T>> {
+fn rescale<T: Element>(x: &[T], e: i32) -> Option<Vec<T>> {
     let f = 2f64.powi(e);
     x.iter()
         .map(|&v| {
-            let v: f64 = v.into();
+            let v = v.to_f64();
             let y = v * f;
-            let ok = v == 0.0 || (v.abs() >= min_normal && y.abs() >= min_normal && y.abs() <= max);
-            ok.then(|| back(y))
+            let normal = |a: f64| a.abs() >= T::MIN_NORMAL;
+            let ok = v == 0.0 || (normal(v) && normal(y) && y.abs() <= T::MAX);
+            ok.then(|| T::from_f64(y))
         })
         .collect()
+}
+
+type Outcome = lorax_core::Result<IdResult>;
+
+/// The estimate of `w` in precision `T` and, when the `2^e`-scaled data is exact, the
+/// estimates of `[w, 2^e w]` from one `estimate_many` call.
+fn run<T: Element>(
+    w: &Matrix,
+    e: i32,
+    est: &Estimator,
+    opts: &Options,
+) -> (Outcome, Option<lorax_core::Result<Vec<IdResult>>>) {
+    let s = T::stored(w);
+    let r = estimate(&w.points(&s), est, opts);
+    let scaled = rescale(&s, e).map(|y| estimate_many(&[w.points(&s), w.points(&y)], est, opts));
+    (r, scaled)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -130,36 +131,11 @@ fuzz_target!(|data: &[u8]| {
     let opts = options(&mut b);
     let e = i32::from(b.u8() as i8) * 4;
     let w = Matrix::decode(&mut b, 64, 12);
-    let (n, d) = (w.n, w.d);
-    let (s64, s32) = (w.stored_f64(), w.stored_f32());
+    let n = w.n;
     let (r, scaled) = if w.single {
-        let r = estimate(&Points::F32(view(&s32, n, d, w.fortran)), &est, &opts);
-        let y = rescale(
-            &s32,
-            e,
-            f64::from(f32::MIN_POSITIVE),
-            f64::from(f32::MAX),
-            |v| v as f32,
-        );
-        let scaled = y.map(|y| {
-            let p = [
-                Points::F32(view(&s32, n, d, w.fortran)),
-                Points::F32(view(&y, n, d, w.fortran)),
-            ];
-            estimate_many(&p, &est, &opts)
-        });
-        (r, scaled)
+        run::<f32>(&w, e, &est, &opts)
     } else {
-        let r = estimate(&Points::F64(view(&s64, n, d, w.fortran)), &est, &opts);
-        let y = rescale(&s64, e, f64::MIN_POSITIVE, f64::MAX, |v| v);
-        let scaled = y.map(|y| {
-            let p = [
-                Points::F64(view(&s64, n, d, w.fortran)),
-                Points::F64(view(&y, n, d, w.fortran)),
-            ];
-            estimate_many(&p, &est, &opts)
-        });
-        (r, scaled)
+        run::<f64>(&w, e, &est, &opts)
     };
     if let Ok(r) = &r {
         check(r, n);

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lorax_core::knn::{knn, MatRef, Points};
-use lorax_core_fuzz::{Bytes, Matrix};
+use lorax_core::knn::knn;
+use lorax_core_fuzz::{Bytes, Element, Matrix};
 
 /// Power of two `s` with `max |x·s|` in `[0.5, 1)` (clamped so that `s` is a normal float).
 fn unit_scale(x: &[f64]) -> f64 {
@@ -27,12 +27,11 @@ fuzz_target!(|data: &[u8]| {
     } else {
         w.data.clone()
     };
-    let (s64, s32) = (w.stored_f64(), w.stored_f32());
-    let points = match (w.single, w.fortran) {
-        (false, false) => Points::F64(MatRef::row_major(&s64, n, d).unwrap()),
-        (false, true) => Points::F64(MatRef::col_major(&s64, n, d).unwrap()),
-        (true, false) => Points::F32(MatRef::row_major(&s32, n, d).unwrap()),
-        (true, true) => Points::F32(MatRef::col_major(&s32, n, d).unwrap()),
+    let (s64, s32) = (f64::stored(&w), f32::stored(&w));
+    let points = if w.single {
+        w.points(&s32)
+    } else {
+        w.points(&s64)
     };
     let valid = n > 0 && d > 0 && k >= 1 && k < n && values.iter().all(|v| v.is_finite());
     let got = knn(&points, k);

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use lorax_core::nystrom::{nystrom, Layout, NystromOptions};
-use lorax_core_fuzz::{Bytes, Matrix};
+use lorax_core_fuzz::{Bytes, Element, Matrix};
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes::new(data);
@@ -32,49 +32,37 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Layout::RowMajor
     };
-    let (m, n) = (w.n, w.d);
-    let valid_shape = m > 0 && n > 0 && (1..=m.min(n)).contains(&rank);
+    let valid_shape = w.n > 0 && w.d > 0 && (1..=w.n.min(w.d)).contains(&rank);
     let valid_rcond = rcond.is_none_or(|r| r.is_finite() && r >= 0.0);
-    let accepted = |finite_in: bool, shapes: [(usize, usize); 3], factors_finite: bool| {
-        assert!(
-            valid_shape && valid_rcond && finite_in,
-            "accepted invalid input"
-        );
-        assert_eq!(
-            shapes,
-            [(m, rank), (rank, rank), (rank, n)],
-            "factor shapes"
-        );
-        assert!(factors_finite, "non-finite factor from finite input");
-    };
     // Any input may be refused (overflow in the sketch is a clear error); nothing may panic.
     if w.single {
-        let x = w.stored_f32();
-        if let Ok(f) = nystrom(&x, m, n, layout, &opts) {
-            let all = f.b.data.iter().chain(&f.n.data).chain(&f.a.data);
-            accepted(
-                x.iter().all(|v| v.is_finite()),
-                [
-                    (f.b.nrows, f.b.ncols),
-                    (f.n.nrows, f.n.ncols),
-                    (f.a.nrows, f.a.ncols),
-                ],
-                all.into_iter().all(|v| v.is_finite()),
-            );
-        }
+        check::<f32>(&w, layout, &opts, valid_shape && valid_rcond);
     } else {
-        let x = w.stored_f64();
-        if let Ok(f) = nystrom(&x, m, n, layout, &opts) {
-            let all = f.b.data.iter().chain(&f.n.data).chain(&f.a.data);
-            accepted(
-                x.iter().all(|v| v.is_finite()),
-                [
-                    (f.b.nrows, f.b.ncols),
-                    (f.n.nrows, f.n.ncols),
-                    (f.a.nrows, f.a.ncols),
-                ],
-                all.into_iter().all(|v| v.is_finite()),
-            );
-        }
+        check::<f64>(&w, layout, &opts, valid_shape && valid_rcond);
     }
 });
+
+/// Runs the sketch on `w` in precision `T`; accepted input must be valid (`valid` and finite),
+/// and the factors must have the documented shapes and be finite.
+fn check<T: Element>(w: &Matrix, layout: Layout, opts: &NystromOptions, valid: bool) {
+    let x = T::stored(w);
+    let Ok(f) = nystrom(&x, w.n, w.d, layout, opts) else {
+        return;
+    };
+    let finite = |v: &[T]| v.iter().all(|e| e.to_f64().is_finite());
+    assert!(valid && finite(&x), "accepted invalid input");
+    let r = opts.rank;
+    assert_eq!(
+        [
+            (f.b.nrows, f.b.ncols),
+            (f.n.nrows, f.n.ncols),
+            (f.a.nrows, f.a.ncols)
+        ],
+        [(w.n, r), (r, r), (r, w.d)],
+        "factor shapes"
+    );
+    assert!(
+        finite(&f.b.data) && finite(&f.n.data) && finite(&f.a.data),
+        "non-finite factor from finite input"
+    );
+}

@@ -1,7 +1,46 @@
 //! Shared decoding of fuzzer bytes into bounded, adversarial inputs.
 //!
 //! Every target reads its input through [`Bytes`], which never fails: past the end of the
-//! input it yields zeros, so every byte string is a valid (if dull) test case.
+//! input it yields zeros, so every byte string is a valid (if dull) test case. [`Matrix`] and
+//! [`Element`] build the views the targets pass to the core, in either precision, so that each
+//! target states its checks once, generically.
+
+use lorax_core::knn::{MatRef, Points};
+use lorax_core::Real;
+
+/// A precision the targets exercise: `f32` or `f64`, with its range and its `Points` variant.
+pub trait Element: Real {
+    /// Smallest positive normal value, as `f64`.
+    const MIN_NORMAL: f64;
+    /// Largest finite value, as `f64`.
+    const MAX: f64;
+    /// The matrix's values in storage order, in this precision (rounded from float64).
+    fn stored(m: &Matrix) -> Vec<Self>;
+    /// Wraps a view as the kNN/ID engines' points.
+    fn points(v: MatRef<'_, Self>) -> Points<'_>;
+}
+
+impl Element for f32 {
+    const MIN_NORMAL: f64 = f32::MIN_POSITIVE as f64;
+    const MAX: f64 = f32::MAX as f64;
+    fn stored(m: &Matrix) -> Vec<Self> {
+        m.stored_f64().iter().map(|&v| v as f32).collect()
+    }
+    fn points(v: MatRef<'_, Self>) -> Points<'_> {
+        Points::F32(v)
+    }
+}
+
+impl Element for f64 {
+    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
+    const MAX: f64 = f64::MAX;
+    fn stored(m: &Matrix) -> Vec<Self> {
+        m.stored_f64()
+    }
+    fn points(v: MatRef<'_, Self>) -> Points<'_> {
+        Points::F64(v)
+    }
+}
 
 /// A cursor over the fuzzer's bytes.
 pub struct Bytes<'a> {
@@ -144,8 +183,18 @@ impl Matrix {
         out
     }
 
-    /// The values in storage order as float32 (rounded).
-    pub fn stored_f32(&self) -> Vec<f32> {
-        self.stored_f64().iter().map(|&v| v as f32).collect()
+    /// A view of `s` (this matrix's values in storage order, as [`Element::stored`] gives them).
+    pub fn view<'s, T: Element>(&self, s: &'s [T]) -> MatRef<'s, T> {
+        let v = if self.fortran {
+            MatRef::col_major(s, self.n, self.d)
+        } else {
+            MatRef::row_major(s, self.n, self.d)
+        };
+        v.expect("stored values match the matrix's shape")
+    }
+
+    /// The points of `s` (see [`Matrix::view`]).
+    pub fn points<'s, T: Element>(&self, s: &'s [T]) -> Points<'s> {
+        T::points(self.view(s))
     }
 }

@@ -1,22 +1,154 @@
 //! Bindings of the rank allocator (AdaLoRA masking, ElaLoRA prune-and-expand).
 //!
-//! Every integer argument goes through [`count`]; the core checks the rest with the same
-//! function that checks a state loaded by `from_json`.
+//! `ScheduleOptions` holds the schedule both methods share (checked when built); each
+//! constructor takes it and its own options only. Every integer argument goes through
+//! [`Count`]; the core checks the rest with the same function that checks a state loaded by
+//! `from_json`.
 
 use lorax_core::allocator::{
     self as core_alloc, AdaLoRAConfig, Allocator, ElaLoRAConfig, Method, ModulePlan, Phases,
 };
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::errors::{counts, to_py, Count};
 
-fn phases(total_steps: Count, t_init: Count, t_final: Count) -> PyResult<Phases> {
+fn phases(total_steps: &Count, t_init: &Count, t_final: &Count) -> PyResult<Phases> {
     Phases::new(
         total_steps.get("total_steps")?,
         t_init.get("t_init")?,
         t_final.get("t_final")?,
     )
     .map_err(to_py)
+}
+
+/// The schedule AdaLoRA and ElaLoRA share: `total_steps` (`T`), `t_init` warm-up and
+/// `t_final` final steps (`t_init + t_final < T`), `interval` steps between allocation steps
+/// (AdaLoRA's `ΔT`, at least 1) and the `seed` of the allocator's RNG.
+#[pyclass(
+    module = "lorax_core._core",
+    name = "ScheduleOptions",
+    frozen,
+    eq,
+    get_all
+)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyScheduleOptions {
+    /// Total optimizer steps `T`.
+    total_steps: u64,
+    /// Warm-up steps without allocation.
+    t_init: u64,
+    /// Final steps without allocation or score updates.
+    t_final: u64,
+    /// Steps between allocation steps.
+    interval: u64,
+    /// Seed of the RNG that draws new ranks.
+    seed: u64,
+}
+
+/// The schedule's argument names; the interval's is the method's own (`delta_t`, `interval`).
+const SCHEDULE_KEYS: [&str; 5] = ["total_steps", "t_init", "t_final", "interval", "seed"];
+
+impl PyScheduleOptions {
+    /// Checks `values` (in [`SCHEDULE_KEYS`] order); the interval's errors say `interval_name`.
+    fn checked(values: [&Count; 5], interval_name: &str) -> PyResult<Self> {
+        let [total_steps, t_init, t_final, interval, seed] = values;
+        let ph = phases(total_steps, t_init, t_final)?;
+        let interval = interval.get(interval_name)?;
+        if interval == 0 {
+            return Err(PyValueError::new_err(format!(
+                "{interval_name} must be positive, got 0"
+            )));
+        }
+        Ok(Self {
+            total_steps: ph.total_steps,
+            t_init: ph.t_init,
+            t_final: ph.t_final,
+            interval,
+            seed: seed.get("seed")?,
+        })
+    }
+
+    /// The schedule given as `schedule` or, for one release, as the former keyword arguments
+    /// (`total_steps`, `t_init`, `t_final`, the interval as `interval_name`, `seed = 0`).
+    fn resolve(
+        schedule: Option<&Self>,
+        keywords: Option<&Bound<'_, PyDict>>,
+        interval_name: &str,
+    ) -> PyResult<Self> {
+        let keywords = keywords.filter(|k| !k.is_empty());
+        match (schedule, keywords) {
+            (Some(s), None) => Ok(s.clone()),
+            (Some(_), Some(_)) => Err(PyTypeError::new_err(
+                "give the schedule either as `schedule` or as keyword arguments, not both",
+            )),
+            (None, None) => Err(PyTypeError::new_err(
+                "missing required argument 'schedule' (a ScheduleOptions)",
+            )),
+            (None, Some(kw)) => {
+                let names = SCHEDULE_KEYS.map(|k| if k == "interval" { interval_name } else { k });
+                let mut values: [Option<Count>; 5] = Default::default();
+                for (key, value) in kw.iter() {
+                    let key: String = key.extract()?;
+                    let slot = names.iter().position(|&n| n == key).ok_or_else(|| {
+                        PyTypeError::new_err(format!("unexpected keyword argument '{key}'"))
+                    })?;
+                    let count = value.extract::<Count>().map_err(|e| {
+                        PyTypeError::new_err(format!("argument '{key}': {}", e.value(kw.py())))
+                    })?;
+                    values[slot] = Some(count);
+                }
+                values[4].get_or_insert(Count::new(0));
+                let given = |i: usize| {
+                    values[i].as_ref().ok_or_else(|| {
+                        PyTypeError::new_err(format!(
+                            "missing required keyword argument '{}'",
+                            names[i]
+                        ))
+                    })
+                };
+                let all = [given(0)?, given(1)?, given(2)?, given(3)?, given(4)?];
+                Self::checked(all, interval_name)
+            }
+        }
+    }
+
+    fn phases(&self) -> Phases {
+        Phases {
+            total_steps: self.total_steps,
+            t_init: self.t_init,
+            t_final: self.t_final,
+        }
+    }
+}
+
+#[pymethods]
+impl PyScheduleOptions {
+    #[new]
+    #[pyo3(
+        signature = (total_steps, *, t_init = Count::new(0), t_final = Count::new(0), interval = Count::new(1), seed = Count::new(0)),
+        text_signature = "(total_steps, *, t_init=0, t_final=0, interval=1, seed=0)"
+    )]
+    fn new(
+        total_steps: Count,
+        t_init: Count,
+        t_final: Count,
+        interval: Count,
+        seed: Count,
+    ) -> PyResult<Self> {
+        Self::checked(
+            [&total_steps, &t_init, &t_final, &interval, &seed],
+            "interval",
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ScheduleOptions(total_steps={}, t_init={}, t_final={}, interval={}, seed={})",
+            self.total_steps, self.t_init, self.t_final, self.interval, self.seed
+        )
+    }
 }
 
 /// One module's decision at an allocation step: new slot `j` takes old slot `perm[j]`; slots
@@ -86,15 +218,15 @@ pub struct PyRankAllocator {
 
 impl PyRankAllocator {
     fn build(
-        method: Method,
         names: Vec<String>,
         ranks: Vec<Count>,
         capacities: Vec<Count>,
-        seed: Count,
+        seed: u64,
+        method: Method,
     ) -> PyResult<Self> {
         let ranks = counts(&ranks, "ranks")?;
         let capacities = counts(&capacities, "capacities")?;
-        Allocator::new(method, names, ranks, capacities, seed.get("seed")?)
+        Allocator::new(method, names, ranks, capacities, seed)
             .map(|inner| Self { inner })
             .map_err(to_py)
     }
@@ -103,62 +235,57 @@ impl PyRankAllocator {
 #[pymethods]
 impl PyRankAllocator {
     /// AdaLoRA: cubic budget from the initial total rank down to `target_total`, masking
-    /// every `delta_t` steps, never below `min_rank` per module.
+    /// every `schedule.interval` steps (`ΔT`), never below `min_rank` per module.
     #[staticmethod]
     #[pyo3(
-        signature = (names, ranks, capacities, *, total_steps, t_init, t_final, target_total, delta_t, min_rank = Count::new(0), seed = Count::new(0)),
-        text_signature = "(names, ranks, capacities, *, total_steps, t_init, t_final, target_total, delta_t, min_rank=0, seed=0)"
+        signature = (names, ranks, capacities, schedule = None, *, target_total, min_rank = Count::new(0), **legacy),
+        text_signature = "(names, ranks, capacities, schedule=None, *, target_total, min_rank=0, **legacy)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn adalora(
         names: Vec<String>,
         ranks: Vec<Count>,
         capacities: Vec<Count>,
-        total_steps: Count,
-        t_init: Count,
-        t_final: Count,
+        schedule: Option<PyRef<'_, PyScheduleOptions>>,
         target_total: Count,
-        delta_t: Count,
         min_rank: Count,
-        seed: Count,
+        legacy: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let s = PyScheduleOptions::resolve(schedule.as_deref(), legacy, "delta_t")?;
         let cfg = AdaLoRAConfig {
-            phases: phases(total_steps, t_init, t_final)?,
+            phases: s.phases(),
             init_bgt: 0,
             target_bgt: target_total.get("target_total")?,
-            delta_t: delta_t.get("delta_t")?,
+            delta_t: s.interval,
             min_rank: min_rank.get("min_rank")?,
         };
-        Self::build(Method::AdaLoRA(cfg), names, ranks, capacities, seed)
+        Self::build(names, ranks, capacities, s.seed, Method::AdaLoRA(cfg))
     }
 
-    /// ElaLoRA: rounds every `interval` steps after `t_init` moving `b(t) = round(b0 (1 - p^3))`
-    /// ranks, at most `k` per module.
+    /// ElaLoRA: rounds every `schedule.interval` steps after `t_init` moving
+    /// `b(t) = round(b0 (1 - p^3))` ranks, at most `k` per module.
     #[staticmethod]
     #[pyo3(
-        signature = (names, ranks, capacities, *, total_steps, t_init, t_final, interval, b0 = Count::new(4), k = Count::new(2), seed = Count::new(0)),
-        text_signature = "(names, ranks, capacities, *, total_steps, t_init, t_final, interval, b0=4, k=2, seed=0)"
+        signature = (names, ranks, capacities, schedule = None, *, b0 = Count::new(4), k = Count::new(2), **legacy),
+        text_signature = "(names, ranks, capacities, schedule=None, *, b0=4, k=2, **legacy)"
     )]
-    #[allow(clippy::too_many_arguments)]
     fn elalora(
         names: Vec<String>,
         ranks: Vec<Count>,
         capacities: Vec<Count>,
-        total_steps: Count,
-        t_init: Count,
-        t_final: Count,
-        interval: Count,
+        schedule: Option<PyRef<'_, PyScheduleOptions>>,
         b0: Count,
         k: Count,
-        seed: Count,
+        legacy: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let s = PyScheduleOptions::resolve(schedule.as_deref(), legacy, "interval")?;
+        let (b0, k) = (b0.get("b0")?, k.get("k")?);
         let cfg = ElaLoRAConfig {
-            phases: phases(total_steps, t_init, t_final)?,
-            b0: b0.get("b0")?,
-            k: k.get("k")?,
-            interval: interval.get("interval")?,
+            phases: s.phases(),
+            b0,
+            k,
+            interval: s.interval,
         };
-        Self::build(Method::ElaLoRA(cfg), names, ranks, capacities, seed)
+        Self::build(names, ranks, capacities, s.seed, Method::ElaLoRA(cfg))
     }
 
     /// Restores an allocator (RNG position included) from `to_json`'s output; the state is
@@ -261,7 +388,7 @@ fn adalora_budget(
     init_total: Count,
     target_total: Count,
 ) -> PyResult<usize> {
-    let ph = phases(total_steps, t_init, t_final)?;
+    let ph = phases(&total_steps, &t_init, &t_final)?;
     Ok(core_alloc::adalora_budget(
         t.get("t")?,
         &ph,
@@ -280,12 +407,13 @@ fn elalora_budget(
     t_final: Count,
     b0: Count,
 ) -> PyResult<usize> {
-    let ph = phases(total_steps, t_init, t_final)?;
+    let ph = phases(&total_steps, &t_init, &t_final)?;
     Ok(core_alloc::elalora_budget(t.get("t")?, &ph, b0.get("b0")?))
 }
 
 /// Adds the allocator's classes and functions to `_core`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyScheduleOptions>()?;
     m.add_class::<PyRankAllocator>()?;
     m.add_class::<PyModulePlan>()?;
     m.add_class::<PyAllocation>()?;
