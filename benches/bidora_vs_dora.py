@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -42,45 +41,14 @@ sys.path.insert(0, str(HERE))
 from harness import PeakRSS  # noqa: E402
 from lorax_core._atomic import atomic_write_bytes  # noqa: E402
 from lorax_core.adapters import AdapterConfig, inject  # noqa: E402
+from lorax_core.bench.data import Encoded  # noqa: E402
+from lorax_core.bench.runner import Classifier, accuracy, loss_fn  # noqa: E402
 from lorax_core.datasets import minilm_path, tweets_sentiment  # noqa: E402
 from lorax_core.training import BiDoRATrainer  # noqa: E402
 from lorax_core.training.bidora import ADAM_EPS, BETAS  # noqa: E402
 from lorax_core.training.schedule import BatchStream, collate, linear_warmup_decay  # noqa: E402
 
 METHODS = ("dora", "bidora", "bidora_phase2")
-
-
-class MeanPoolClassifier(nn.Module):
-    """MiniLM encoder → mean over non-padding tokens → linear head (``n_classes`` logits)."""
-
-    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, n_classes)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled)
-
-
-class Encoded(torch.utils.data.Dataset):
-    """Tokenised texts with labels; item ``i`` is ``(input_ids, attention_mask, label)``."""
-
-    def __init__(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
-        self.ids, self.mask, self.labels = ids, mask, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.ids[i], self.mask[i], self.labels[i]
-
-
-def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-    ids, mask, labels = batch
-    return nn.functional.cross_entropy(model(ids, mask), labels)
 
 
 def load_data(args: argparse.Namespace) -> tuple[Encoded, Encoded, dict[str, Any]]:
@@ -97,7 +65,8 @@ def load_data(args: argparse.Namespace) -> tuple[Encoded, Encoded, dict[str, Any
             padding="max_length",
             return_tensors="pt",
         )
-        return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
+        labels_ = torch.tensor(labels)
+        return Encoded(enc["input_ids"], enc["attention_mask"], labels_, range(len(labels)))
 
     pool = encode(train.texts[: args.n_train], train.labels[: args.n_train])
     held = encode(test.texts[: args.n_test], test.labels[: args.n_test])
@@ -112,28 +81,18 @@ def load_data(args: argparse.Namespace) -> tuple[Encoded, Encoded, dict[str, Any
     return pool, held, info
 
 
-def build_model(seed: int) -> MeanPoolClassifier:
+def build_model(seed: int) -> Classifier:
     from transformers import AutoModel
 
     torch.manual_seed(seed)
     encoder = AutoModel.from_pretrained(str(minilm_path()))
-    model = MeanPoolClassifier(encoder, 3)
+    model = Classifier(encoder, encoder.config.hidden_size, 3, "mean")
     inject(
         model,
         AdapterConfig(method="dora", r=8, alpha=16.0, target_modules=["query", "value"], seed=seed),
     )
     model.head.requires_grad_(True)
     return model
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, data: Encoded, batch: int = 100) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(data), batch):
-        ids, mask, labels = (t[start : start + batch] for t in (data.ids, data.mask, data.labels))
-        correct += int((model(ids, mask).argmax(-1) == labels).sum())
-    return correct / len(data)
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,7 +151,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "method": args.method,
         "seed": args.seed,
-        "test_accuracy": accuracy(model, held),
+        "test_accuracy": accuracy(model, held, 100, torch.device("cpu")),
         "step_time_median_s": statistics.median(step_times[skip:]),
         "step_times_s": step_times,
         "peak_rss_extra_mib": peak.above,
