@@ -79,11 +79,7 @@ class LoraxTrainerCallback(TrainerCallback):
         return self.hook
 
     def on_pre_optimizer_step(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if not self.regularize:
             return
@@ -93,11 +89,7 @@ class LoraxTrainerCallback(TrainerCallback):
                 regularizer.backward()
 
     def on_optimizer_step(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         optimizer = kwargs.get("optimizer")
         hook = self.hook
@@ -113,11 +105,7 @@ class _BiDoRACheckpoints(TrainerCallback):
         self.trainer = trainer
 
     def on_save(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        **kwargs: Any,
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if not state.is_world_process_zero:
             return
