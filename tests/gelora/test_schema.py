@@ -48,9 +48,13 @@ def slots(node: object) -> list[tuple[object, object]]:
 @given(
     where=st.integers(0, 10_000),
     value=st.sampled_from([None, -1, 0, 2.5, "x", [], {}, True, 10**6, [1.0]]),
+    resampled=st.booleans(),
 )
-def test_from_json_rejects_corruption_cleanly(where, value, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
-    doc = plan_ranks([1.0, 3.0, 2.0, 6.5], shapes_for([4, 6, 8]), None).to_dict()
+def test_from_json_rejects_corruption_cleanly(where, value, resampled, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    if resampled:
+        doc = resampled_doc("noise-aware")
+    else:
+        doc = plan_ranks([1.0, 3.0, 2.0, 6.5], shapes_for([4, 6, 8]), None).to_dict()
     places = slots(doc)
     container, key = places[where % len(places)]
     container[key] = value  # type: ignore[index]
@@ -382,3 +386,72 @@ def test_writer_refuses_a_contradictory_plan(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=rf"^{re.escape(str(target))}: {message}"):
             bad.to_json(target)
         assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
+def resampled_doc(rank_mode: str = "plain") -> dict[str, object]:
+    """The document of a plan with three joint resamples of four layers."""
+    draws = [[1.0, 3.0, 2.0, 6.5], [1.2, 2.6, 2.4, 7.0], [0.9, 3.3, 1.8, 3.0]]
+    plan = plan_ranks(
+        [1.0, 3.0, 2.0, 6.5], shapes_for([4, 6, 8]), None, resamples=draws, rank_mode=rank_mode
+    )
+    return plan.to_dict()
+
+
+@pytest.mark.parametrize("rank_mode", ["plain", "noise-aware"])
+def test_resampled_plans_round_trip(tmp_path: Path, rank_mode: str) -> None:
+    doc = resampled_doc(rank_mode)
+    plan = plan_from_dict(doc)
+    assert plan.rank_mode == rank_mode and doc["stability"] == plan.stability
+    assert plan.to_json(tmp_path / "p.json") and RankPlan.from_json(tmp_path / "p.json") == plan
+    layer = doc["layers"][2]  # type: ignore[index]
+    assert set(layer) >= {"resamples", "delta_ci", "rank_range", "rank_stability"}
+    cases = [
+        (
+            ("layers", 2, "rank_stability"),
+            0.25,
+            r"layers\[2\]\.rank_stability must be .*recomputed",
+        ),
+        (("layers", 2, "rank_range"), [1, 99], r"layers\[2\]\.rank_range must be"),
+        (("layers", 0, "resamples"), [1.0], r"layers\[0\]\.resamples must be a list of at least 2"),
+        (("stability",), 0.123, "stability must be .*the mean rank_stability"),
+        (("rule", "rank_mode"), "robust", "rule.rank_mode must be one of 'plain', 'noise-aware'"),
+    ]
+    for path, value, message in cases:
+        bad = json.loads(json.dumps(doc))
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ValueError, match=message):
+            plan_from_dict(bad)
+
+
+def test_a_noise_aware_rank_is_checked_against_the_lower_end() -> None:
+    doc = resampled_doc("noise-aware")
+    tampered = json.loads(json.dumps(doc))
+    tampered["rule"]["rank_mode"] = "plain"  # same ranks would have to follow the plain rule
+    with pytest.raises(ValueError, match=r"rank must be \d+, the rule's rank for d_"):
+        plan_from_dict(tampered)
+    no_draws = json.loads(json.dumps(doc))
+    for layer in no_draws["layers"]:
+        layer.update(resamples=None, delta_ci=None, rank_range=None, rank_stability=None)
+    no_draws["stability"] = None
+    with pytest.raises(ValueError, match=r"rule.rank_mode must be 'plain' .*needs joint resamples"):
+        plan_from_dict(no_draws)
+
+
+def test_version_1_documents_still_load() -> None:
+    doc = plan_ranks([1.0, 3.0, 2.0, 6.5], shapes_for([4, 6, 8]), None).to_dict()
+    old = json.loads(json.dumps(doc))
+    old["version"] = 1
+    del old["stability"], old["rule"]["rank_mode"]
+    for layer in old["layers"]:
+        for key in ("resamples", "delta_ci", "rank_range", "rank_stability"):
+            del layer[key]
+    plan = plan_from_dict(old)
+    assert plan == plan_from_dict(doc) and plan.rank_mode == "plain" and plan.stability is None
+    assert plan.to_dict()["version"] == 2  # written back in the current layout
+    newer_field = json.loads(json.dumps(old))
+    newer_field["layers"][1]["rank_stability"] = 1.0
+    with pytest.raises(ValueError, match=r"layers\[1\] must be an object of index, .*alpha"):
+        plan_from_dict(newer_field)

@@ -21,7 +21,9 @@ Rank modes (``rank_mode``):
 - ``plain`` — the rule on the point estimates: ``max(Δd_i, 0)``;
 - ``noise-aware`` — extra rank only for an increase clear of the noise: the rule on
   ``max(lo_i, 0)``, ``lo_i`` the lower end of ``delta_ci``. A resample's rank in this mode
-  uses its own lower end ``Δd_i^(b) − (Δd_i − lo_i)`` (the interval shifted to it).
+  uses its own lower end ``Δd_i^(b) − (m_i − lo_i)``, ``m_i`` the resamples' median Δd_i (the
+  interval moved to the resample), so a block whose interval barely reaches below 0 is as
+  unstable as it should be.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def stability_of(
     intervals = delta_intervals(resamples)
     shift = np.zeros(deltas.shape[1])
     if rank_mode == "noise-aware":
-        shift = np.diff(np.asarray(dimensions, np.float64)) - [lo for lo, _ in intervals]
+        shift = np.median(deltas, axis=0) - [lo for lo, _ in intervals]
     resampled = np.array(
         [block_ranks(np.maximum(row - shift, 0.0).tolist(), *rule) for row in deltas]
     )  # [B, L]
