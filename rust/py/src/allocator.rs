@@ -380,7 +380,7 @@ impl PyRankAllocator {
 /// AdaLoRA's cubic total budget at step `t` (docs/allocators.md).
 #[pyfunction]
 #[pyo3(signature = (t, *, total_steps, t_init, t_final, init_total, target_total))]
-fn adalora_budget(
+pub fn adalora_budget(
     t: Count,
     total_steps: Count,
     t_init: Count,
@@ -400,7 +400,7 @@ fn adalora_budget(
 /// ElaLoRA's ranks moved per round at step `t`, `round(b0 (1 - p^3))` (docs/allocators.md).
 #[pyfunction]
 #[pyo3(signature = (t, *, total_steps, t_init, t_final, b0))]
-fn elalora_budget(
+pub fn elalora_budget(
     t: Count,
     total_steps: Count,
     t_init: Count,
@@ -409,15 +409,4 @@ fn elalora_budget(
 ) -> PyResult<usize> {
     let ph = phases(&total_steps, &t_init, &t_final)?;
     Ok(core_alloc::elalora_budget(t.get("t")?, &ph, b0.get("b0")?))
-}
-
-/// Adds the allocator's classes and functions to `_core`.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyScheduleOptions>()?;
-    m.add_class::<PyRankAllocator>()?;
-    m.add_class::<PyModulePlan>()?;
-    m.add_class::<PyAllocation>()?;
-    m.add_function(wrap_pyfunction!(adalora_budget, m)?)?;
-    m.add_function(wrap_pyfunction!(elalora_budget, m)?)?;
-    Ok(())
 }

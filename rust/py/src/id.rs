@@ -214,7 +214,7 @@ impl PyNeighbours {
 /// Exact `k` nearest neighbours of each row of `x`, self excluded, ties by index.
 #[pyfunction]
 #[pyo3(signature = (x, k))]
-fn knn(py: Python<'_>, x: &Bound<'_, PyAny>, k: Count) -> PyResult<PyNeighbours> {
+pub fn knn(py: Python<'_>, x: &Bound<'_, PyAny>, k: Count) -> PyResult<PyNeighbours> {
     let k = k.get("k")?;
     let arr = borrow_2d(x, "X")?;
     let points = arr.points()?;
@@ -256,7 +256,7 @@ fn options(opts: Option<&Bound<'_, PyOptions>>) -> Options {
 /// Intrinsic dimension of the rows of `x` (see `lorax_core.id`).
 #[pyfunction]
 #[pyo3(signature = (x, estimator, options = None))]
-fn estimate_id(
+pub fn estimate_id(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
     estimator: &Bound<'_, PyAny>,
@@ -275,7 +275,7 @@ fn estimate_id(
 /// failing array (`layer i: …`).
 #[pyfunction]
 #[pyo3(signature = (xs, estimator, options = None))]
-fn estimate_id_many(
+pub fn estimate_id_many(
     py: Python<'_>,
     xs: Vec<Bound<'_, PyAny>>,
     estimator: &Bound<'_, PyAny>,
@@ -295,17 +295,4 @@ fn estimate_id_many(
         .allow_threads(|| id::estimate_many(&points, &est, &opts))
         .map_err(to_py)?;
     Ok(rs.into_iter().map(PyIdEstimate::from).collect())
-}
-
-/// Adds the classes and functions of this area to the extension module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyTwoNN>()?;
-    m.add_class::<PyMle>()?;
-    m.add_class::<PyOptions>()?;
-    m.add_class::<PyIdEstimate>()?;
-    m.add_class::<PyNeighbours>()?;
-    m.add_function(wrap_pyfunction!(knn, m)?)?;
-    m.add_function(wrap_pyfunction!(estimate_id, m)?)?;
-    m.add_function(wrap_pyfunction!(estimate_id_many, m)?)?;
-    Ok(())
 }

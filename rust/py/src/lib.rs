@@ -11,11 +11,24 @@ mod errors;
 mod id;
 mod nystrom;
 
+/// The extension module: every class and function of the three binding files.
 #[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    allocator::register(m)?;
-    id::register(m)?;
-    nystrom::register(m)?;
-    Ok(())
+mod _core {
+    use super::*;
+    #[pymodule_export]
+    use crate::allocator::{
+        adalora_budget, elalora_budget, PyAllocation, PyModulePlan, PyRankAllocator,
+        PyScheduleOptions,
+    };
+    #[pymodule_export]
+    use crate::id::{
+        estimate_id, estimate_id_many, knn, PyIdEstimate, PyMle, PyNeighbours, PyOptions, PyTwoNN,
+    };
+    #[pymodule_export]
+    use crate::nystrom::{nystrom, PyNystromFactors};
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
 }

@@ -56,7 +56,7 @@ impl PyNystromFactors {
     signature = (w, rank, *, oversample = Count::new(10), power_iters = Count::new(1), seed = Count::new(0), rcond = None),
     text_signature = "(w, rank, *, oversample=10, power_iters=1, seed=0, rcond=None)"
 )]
-fn nystrom(
+pub fn nystrom(
     py: Python<'_>,
     w: &Bound<'_, PyAny>,
     rank: Count,
@@ -97,10 +97,4 @@ fn sketch<T: Real + Element>(
 fn to_numpy<T: Element>(py: Python<'_>, d: Dense<T>) -> PyResult<Py<PyAny>> {
     let arr: Bound<'_, PyArray2<T>> = PyArray1::from_vec(py, d.data).reshape([d.nrows, d.ncols])?;
     Ok(arr.into_any().unbind())
-}
-
-/// Adds the sketch and its factors to the extension module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyNystromFactors>()?;
-    m.add_function(wrap_pyfunction!(nystrom, m)?)
 }
