@@ -9,16 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lorax_core._validation import (
-    Instance,
-    Integer,
-    NoneValue,
-    Options,
-    Real,
-    check,
-    check_bool,
-    describe,
-)
+from lorax_core._validation import Instance, Integer, NoneValue, Options, Real, check, check_bool
+from lorax_core._validation import describe as _describe
 from lorax_core.adapters.init import INIT_METHODS, RESIDUAL_INITS
 from lorax_core.adapters.patterns import pattern_key
 from lorax_core.adapters.registry import form_names, get_form
@@ -53,15 +45,15 @@ def _names(field: str, value: object) -> str | list[str] | None:
     if isinstance(value, (list, tuple, set, frozenset)):
         entries = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         if not entries:
-            raise ValueError(f"{_NAME}: {field} must be a non-empty list, got {describe(value)}")
+            raise ValueError(f"{_NAME}: {field} must be a non-empty list, got {_describe(value)}")
         for entry in entries:
             if not isinstance(entry, str) or not entry:
                 raise TypeError(
-                    f"{_NAME}: {field} entries must be non-empty strings, got {describe(entry)}"
+                    f"{_NAME}: {field} entries must be non-empty strings, got {_describe(entry)}"
                 )
         return entries
     raise TypeError(
-        f"{_NAME}: {field} must be a str (regex) or a list of str, got {describe(value)} "
+        f"{_NAME}: {field} must be a str (regex) or a list of str, got {_describe(value)} "
         f"({type(value).__name__})"
     )
 
@@ -172,7 +164,7 @@ class AdapterConfig:
                 if not isinstance(key, str) or not key.isidentifier() or key == "seed":
                     raise ValueError(
                         f"{_NAME}: init_options keys must be option names of the initialiser "
-                        f"(the seed is the seed field), got {describe(key)}"
+                        f"(the seed is the seed field), got {_describe(key)}"
                     )
         self.seed = check(_NAME, "seed", self.seed, Integer(low=0))
 

@@ -27,17 +27,14 @@ import torch
 from torch import nn
 
 from lorax_core._core import ModulePlan, RankAllocator
+from lorax_core._distributed import assign_, full, is_sharded, unwrap
 from lorax_core._validation import Integer, Real, check
 from lorax_core.adapters import SVDLinear, adapted_modules
 from lorax_core.allocators.distributed import (
-    assign_,
     broadcast_text,
-    full,
     gathered_rank_scores,
     is_distributed,
     is_leader,
-    is_sharded,
-    unwrap,
 )
 from lorax_core.allocators.scores import RANK_AXES, ImportanceScores
 from lorax_core.allocators.surgery import apply_plan_, permute_, set_rank_

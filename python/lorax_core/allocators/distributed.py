@@ -3,8 +3,7 @@
 Replicas (DDP): rank 0 decides and :func:`broadcast_text` sends the decision. Shards (FSDP2):
 :func:`gathered_rank_scores` assembles the per-rank scores from every process's shards with one
 all-reduce, so that rank 0 decides on the scores of the whole model. The generic helpers
-(gathering, writing shards, entering a collective together) live in ``lorax_core._distributed``
-and are re-exported here.
+(gathering, writing shards, entering a collective together) live in ``lorax_core._distributed``.
 """
 
 from __future__ import annotations
@@ -12,39 +11,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lorax_core._distributed import (
-    TIMEOUT_ENV,
-    _device,
-    assign_,
-    broadcast_text,
-    collective_timeout,
-    enter_collective,
-    full,
-    full_parameters,
-    is_distributed,
-    is_leader,
-    is_sharded,
-    leader_only,
-    local_slices,
-    unwrap,
-)
+from lorax_core._distributed import _device, broadcast_text, is_distributed, is_leader, is_sharded
+from lorax_core._distributed import local_slices as _local_slices
 
-__all__ = [
-    "TIMEOUT_ENV",
-    "assign_",
-    "broadcast_text",
-    "collective_timeout",
-    "enter_collective",
-    "full",
-    "full_parameters",
-    "gathered_rank_scores",
-    "is_distributed",
-    "is_leader",
-    "is_sharded",
-    "leader_only",
-    "local_slices",
-    "unwrap",
-]
+__all__ = ["broadcast_text", "gathered_rank_scores", "is_distributed", "is_leader"]
 
 
 # -- allocators ------------------------------------------------------------------------------------
@@ -64,7 +34,7 @@ def _owns(tensor: torch.Tensor) -> bool:
 def _local(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """``(local block, its index in the whole tensor)``."""
     if is_sharded(tensor):
-        return tensor.to_local(), local_slices(tensor)  # type: ignore[attr-defined]
+        return tensor.to_local(), _local_slices(tensor)  # type: ignore[attr-defined]
     return tensor, tuple(slice(0, n) for n in tensor.shape)
 
 

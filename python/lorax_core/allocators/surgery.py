@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from lorax_core._distributed import assign_, full, is_sharded
 from lorax_core._validation import Integer, check
 from lorax_core.adapters import SVDLinear
-from lorax_core.allocators.distributed import assign_, full, is_sharded
 from lorax_core.allocators.scores import RANK_AXES, permute_rank_axis_
 
 __all__ = ["NEW_RANK_E", "apply_plan_", "orthonormal_complement", "permute_", "set_rank_"]

@@ -147,11 +147,11 @@ class BiDoRATransformersTrainer(Trainer):
         *,
         arch_lr: float | None = None,
         val_fraction: float = 0.2,
-        arch_weight_decay: float = 0.0,
-        reg_direction: float = 1e-5,
+        head: nn.Module | None = None,
         hypergrad: str = "finite_difference",
         hypergrad_scale: float = 1.0,
-        head: nn.Module | None = None,
+        arch_weight_decay: float = 0.0,
+        reg_direction: float = 1e-5,
         **kwargs: Any,
     ) -> None:
         fn = "BiDoRATransformersTrainer"
