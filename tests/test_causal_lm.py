@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -36,7 +37,7 @@ from lorax_core.adapters import (
     untie_weights,
 )
 from lorax_core.datasets import SMOLLM2_GGUF, TextSplit, smollm2_path
-from lorax_core.gelora import RankPlan
+from lorax_core.gelora import RankPlan, capture_hidden_states
 from lorax_core.gelora.cli import main
 
 N_BLOCKS, PER_BLOCK = 30, 7  # q, k, v, o, gate, up, down
@@ -273,3 +274,73 @@ def test_merging_a_tied_head_is_refused_until_untied(smollm2: nn.Module) -> None
     state = merged_state_dict(model)
     assert torch.equal(state["model.embed_tokens.weight"], embedding)
     torch.testing.assert_close(state["lm_head.weight"], embedding + head.delta_weight())
+
+
+# -- profiling a decoder: the last block before the final norm, the first token left out --------
+
+
+@pytest.fixture(scope="module")
+def reference_states(
+    smollm2: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``output_hidden_states`` of the batch (h_30 after the final norm) and, from a plain
+    forward hook, the last block's own output before it."""
+    seen: list[torch.Tensor] = []
+    handle = smollm2.model.layers[-1].register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            hidden = list(smollm2(**batch, output_hidden_states=True).hidden_states)
+    finally:
+        handle.remove()
+    out = seen[0]
+    return hidden, out[0] if isinstance(out, tuple) else out
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Mean of ``h`` ``[B, seq, D]`` over the positions where bool ``mask`` ``[B, seq]`` holds."""
+    return np.stack([h[i][mask[i]].mean(0).numpy() for i in range(h.shape[0])])
+
+
+def test_decoder_states_end_with_the_last_block_before_the_final_norm(
+    smollm2: nn.Module, batch: dict[str, torch.Tensor], reference_states: Any
+) -> None:
+    hidden, last_block = reference_states
+    mask = batch["attention_mask"].bool()
+    calls: list[int] = []
+    handle = smollm2.lm_head.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        ours = capture_hidden_states(smollm2, [batch], n_samples=2, skip_first=False)
+        normed = capture_hidden_states(smollm2, [batch], n_samples=2, final_norm=True)
+    finally:
+        handle.remove()
+    assert not calls  # the forward pass stops after the last block: no output head
+    assert len(ours) == len(hidden) == N_BLOCKS + 1
+    for i in range(N_BLOCKS):
+        np.testing.assert_allclose(ours[i], masked_mean(hidden[i], mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[-1], masked_mean(last_block, mask), rtol=1e-5, atol=1e-5)
+    assert np.abs(ours[-1] - masked_mean(hidden[-1], mask)).max() > 1.0  # the norm is left out
+    after = mask.clone()
+    after[:, 0] = False  # right padding: position 0 is each text's first token
+    np.testing.assert_allclose(normed[-1], masked_mean(hidden[-1], after), rtol=1e-5, atol=1e-5)
+
+
+def test_the_first_token_is_left_out_of_a_causal_lms_pooling(
+    smollm2: nn.Module, batch: dict[str, torch.Tensor], reference_states: Any
+) -> None:
+    hidden, _ = reference_states
+    mask = batch["attention_mask"].bool()
+    assert mask[:, 0].all() and not mask.all()  # right padding
+    after = mask.clone()
+    after[:, 0] = False
+    default = capture_hidden_states(smollm2, [batch], n_samples=2)  # a causal LM: skipped
+    kept = capture_hidden_states(smollm2, [batch], n_samples=2, skip_first=False)
+    for i in (1, 15, N_BLOCKS - 1):
+        np.testing.assert_allclose(default[i], masked_mean(hidden[i], after), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(kept[i], masked_mean(hidden[i], mask), rtol=1e-5, atol=1e-5)
+    # The attention sink: position 0's states dwarf the others' and dominate the plain mean.
+    sink = hidden[15][:, 0].norm(dim=-1)
+    rest = hidden[15][:, 1:][mask[:, 1:]].norm(dim=-1)
+    assert float(sink.min()) > 10 * float(rest.median())
+    tokens = capture_hidden_states(smollm2, [batch], pooling="tokens", n_samples=5, seed=0)
+    firsts = hidden[15][:, 0].numpy()
+    assert np.abs(tokens[15][:, None, :] - firsts[None]).max(axis=2).min() > 1.0  # never taken

@@ -63,6 +63,21 @@ def test_bad_arguments(minilm: torch.nn.Module, hidden_file: Path, paragraphs) -
         ({"rank_min": 3, "rank_max": 2}, ValueError, "rank_max must be an int >= 3 or None"),
         ({"progress": 1}, TypeError, "progress must be a bool, got 1"),
         ({"texts": paragraphs}, ValueError, "texts must not be given with a hidden-states file"),
+        ({"rank_mode": "robust"}, ValueError, "rank_mode must be one of 'plain', 'noise-aware'"),
+        ({"rank_mode": "noise-aware", "bootstrap": 1}, ValueError, "bootstrap must be an int >= 2"),
+        ({"skip_first": 0}, TypeError, "skip_first must be a bool or None, got 0"),
+        ({"final_norm": None}, TypeError, "final_norm must be a bool, got None"),
+        ({"device": "gpu0"}, ValueError, "device must be a torch device such as 'cpu'"),
+        ({"device": 0.5}, TypeError, "device must be a torch device"),
+        ({"dtype": "float8"}, ValueError, "dtype must be one of 'float32', 'bfloat16', 'float16'"),
+        ({"device_map": "everywhere"}, ValueError, "device_map must be one of 'auto', 'balanced'"),
+        ({"device_map": {"": 1.5}}, ValueError, "device_map must be .*a map of module names"),
+        (
+            {"device": "cpu", "device_map": "auto"},
+            ValueError,
+            "device must be None with device_map",
+        ),
+        ({"device": "cpu"}, ValueError, "device must be None for a hidden-states file"),
     ]
     for change, error, message in cases:
         kwargs = {"source": hidden_file, **change}
@@ -70,6 +85,8 @@ def test_bad_arguments(minilm: torch.nn.Module, hidden_file: Path, paragraphs) -
             profile(**kwargs)
     with pytest.raises(ValueError, match=r"^profile: texts and tokenizer must be given"):
         profile(minilm, paragraphs)
+    with pytest.raises(ValueError, match=r"^profile: dtype must be None for a loaded model"):
+        profile(minilm, paragraphs, tokenizer=object(), dtype="bfloat16")
     with pytest.raises(ValueError, match=r"^profile: texts must hold at least one text, got \[\]"):
         profile(minilm, [], tokenizer=object())
     with pytest.raises(ValueError, match="no such file"):
@@ -120,3 +137,45 @@ def test_n_samples_draws_seeded_rows_from_a_pooled_file(tmp_path: Path, hidden_f
 def test_too_few_points_is_said_without_blaming_duplicates(hidden_file: Path) -> None:
     with pytest.raises(ValueError, match=r"^h_0: .* needs at least 3 points, got 2$"):
         profile(hidden_file, n_samples=2, bootstrap=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LLaMA causal LM (3 blocks of width 32) with SmolLM2's tokenizer, saved as
+    a checkpoint folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(smollm2_dir)).save_pretrained(folder)
+    return folder
+
+
+def test_device_map_and_dtype_place_the_checkpoint(tiny_llama: Path, paragraphs) -> None:  # type: ignore[no-untyped-def]
+    """On a machine without a GPU, ``device_map="auto"`` puts every block on the CPU: the same
+    profile as the plain load, with the map recorded; bfloat16 weights are pooled in float32."""
+    kwargs = {"n_samples": 40, "max_length": 16, "bootstrap": 2, "batch_size": 8}
+    plain = profile(tiny_llama, paragraphs, **kwargs)
+    assert plain.plan.capture["device"] == "cpu" and plain.plan.capture["dtype"] == "float32"
+    assert plain.plan.capture["skip_first"] is True  # a causal LM: the first token is left out
+    assert plain.plan.model["class"] == "LlamaModel" and len(plain.plan.layers) == 4
+    for device_map in ("auto", {"": "cpu"}):
+        mapped = profile(tiny_llama, paragraphs, device_map=device_map, **kwargs)
+        assert mapped.plan.capture["device_map"] == device_map
+        assert [r.dimension for r in mapped.ids] == [r.dimension for r in plain.ids]
+    on_cpu = profile(tiny_llama, paragraphs, device="cpu", **kwargs)
+    assert on_cpu.plan.layers == plain.plan.layers
+    half = profile(tiny_llama, paragraphs, dtype="bfloat16", **kwargs)
+    assert half.plan.capture["dtype"] == "bfloat16"
+    for a, b in zip(half.ids, plain.ids, strict=True):
+        assert a.dimension == pytest.approx(b.dimension, rel=0.15)  # bfloat16 rounding only

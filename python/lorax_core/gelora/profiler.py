@@ -413,6 +413,9 @@ def _from_path(
     model, tokenizer = _load_transformers(path.parent, placement)
     hidden = _from_model(model, tokenizer, chosen, options)
     hidden.model["sha256"] = _sha256(path)
+    if placement.device_map is not None and hidden.capture["device_map"] is None:
+        requested = placement.device_map  # transformers records a map of one device nowhere
+        hidden.capture["device_map"] = requested if isinstance(requested, str) else dict(requested)
     return hidden
 
 
