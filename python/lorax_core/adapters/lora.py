@@ -1,9 +1,13 @@
-"""LoRA: ``y = W x + b + s · B A x`` with A (r × in), B (out × r), s = alpha / r."""
+"""LoRA: ``y = W x + b + s · B A x`` with A (r × in), B (out × r), s = alpha / r.
+
+The adapter term runs through :func:`lorax_core.kernels.autograd.lora_forward`: one ``addmm``
+into the base output and a hand-derived backward (less temporary memory than autograd's graph,
+same gradients; docs/kernels.md).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.nn.functional import linear
 
 from lorax_core.adapters.init import INIT_METHODS
 from lorax_core.adapters.layer import (
@@ -13,6 +17,7 @@ from lorax_core.adapters.layer import (
     kaiming_uniform_bound,
 )
 from lorax_core.adapters.registry import register_form
+from lorax_core.kernels.autograd import lora_forward
 
 __all__ = ["LoraLinear", "reset_lora_pair"]
 
@@ -52,7 +57,7 @@ class LoraLinear(AdapterLinear):
         reset_lora_pair(self.lora_A, self.lora_B, generator)
 
     def combine(self, result: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return result + linear(linear(h, self.lora_A), self.lora_B) * self.scaling
+        return lora_forward(result, h, self.lora_A, self.lora_B, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         return self.low_rank_product(self.lora_A, self.lora_B)

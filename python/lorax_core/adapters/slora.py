@@ -1,9 +1,12 @@
-"""SLoRA: ``y = W x + b + s · B N A x`` with an r × r matrix N between A and B."""
+"""SLoRA: ``y = W x + b + s · B N A x`` with an r × r matrix N between A and B.
+
+The adapter term runs through :func:`lorax_core.kernels.autograd.lora_forward` (one ``addmm``
+into the base output, hand-derived backward; docs/kernels.md).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.nn.functional import linear
 
 from lorax_core._validation import check_options
 from lorax_core.adapters.config import TRAIN_MODES
@@ -16,6 +19,7 @@ from lorax_core.adapters.layer import (
 )
 from lorax_core.adapters.lora import reset_lora_pair
 from lorax_core.adapters.registry import register_form
+from lorax_core.kernels.autograd import lora_forward
 
 __all__ = ["SLoraLinear"]
 
@@ -49,9 +53,7 @@ class SLoraLinear(AdapterLinear):
         return ("lora_N",) if self.train_mode == "intermediate" else self.parameter_names
 
     def combine(self, result: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return (
-            result + linear(linear(linear(h, self.lora_A), self.lora_N), self.lora_B) * self.scaling
-        )
+        return lora_forward(result, h, self.lora_A, self.lora_B, self.scaling, self.lora_N)
 
     def delta_weight(self) -> torch.Tensor:
         return self.low_rank_product(self.lora_A, self.lora_B, self.lora_N)
