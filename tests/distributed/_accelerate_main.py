@@ -72,7 +72,7 @@ def main() -> None:
         callbacks=[LoraxTrainerCallback(allocator)],
     )
     trainer.train()
-    save_adapter(trainer.model_wrapped, out / "adapter")
+    save_adapter(encoder, out / "adapter")  # every process: rank 0 writes
     state = trainer.accelerator.state
     record = {
         "ranks": allocator.ranks(),
