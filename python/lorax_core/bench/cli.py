@@ -29,7 +29,7 @@ from typing import Any
 
 from lorax_core.bench.config import Experiments, MethodSpec, ModeSpec, load_experiments
 from lorax_core.bench.data import Splits, load_splits, write_splits
-from lorax_core.bench.report import Cell, write_outputs
+from lorax_core.bench.report import Cell, summary_markdown, write_outputs
 from lorax_core.bench.runner import make_spec, read_record, run, run_key, write_record
 
 __all__ = ["main"]
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inline", action="store_true", help="run in this process (no worker)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the outputs")
     p.add_argument("--list", action="store_true", help="list the runs and whether cached")
+    p.add_argument(
+        "--summary", action="store_true", help="print the compact table of the mode's results"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -386,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"lorax-bench: error: {err}", file=sys.stderr)
         return 2
+    if args.summary:
+        path = bench.out / mode.name / "results.json"
+        if not path.is_file():
+            print(f"lorax-bench: error: no results at {path}; run the table first", file=sys.stderr)
+            return 2
+        print(summary_markdown(json.loads(path.read_text())), end="")
+        return 0
     if args.list:
         for cell in bench.table(execute=False):
             print(

@@ -19,7 +19,7 @@ from typing import Any
 
 from lorax_core._atomic import atomic_write_bytes
 
-__all__ = ["REFERENCES", "Cell", "paired_difference", "write_outputs"]
+__all__ = ["REFERENCES", "Cell", "paired_difference", "summary_markdown", "write_outputs"]
 
 #: The baseline each method is compared with besides LoRA.
 REFERENCES = {"bidora": "dora", "elalora": "adalora"}
@@ -190,6 +190,44 @@ def _markdown(doc: dict[str, Any]) -> str:
     lines += not_better or ["- every method beat LoRA and its reference"]
     lines.append("")
     return "\n".join(lines)
+
+
+def summary_markdown(doc: dict[str, Any]) -> str:
+    """One compact table of a results document: a row per method, for every (model, dataset)
+    the test accuracy (mean ± std, %) and the paired difference to LoRA (points); the trainable
+    parameters of the first panel. The README's table is this text."""
+    panels = [
+        (m, d)
+        for m in doc["models"]
+        for d in doc["datasets"]
+        if any(c["model"] == m and c["dataset"] == d for c in doc["cells"])
+    ]
+    cells = {(c["model"], c["dataset"], c["method"]): c for c in doc["cells"]}
+    methods = list(dict.fromkeys(c["method"] for c in doc["cells"]))
+    labels = {c["method"]: c["label"] for c in doc["cells"]}
+    head = "| method | params (MiniLM) | " + " | ".join(f"{m} · {d}" for m, d in panels) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(panels)]
+    for method in methods:
+        params = next(
+            (
+                f"{c['trainable_parameters']:,}"
+                for (m, _, name), c in cells.items()
+                if name == method and m == "minilm" and c["trainable_parameters"] is not None
+            ),
+            "–",
+        )
+        row = [labels[method], params]
+        for m, d in panels:
+            c = cells.get((m, d, method))
+            if c is None or c["test_accuracy"] is None:
+                row.append("–")
+                continue
+            text = _acc_text(c["test_accuracy"], len(c["seeds"]))
+            if c["diff_vs_lora"] is not None:
+                text += f" ({_diff_text(c['diff_vs_lora'])})"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = [
