@@ -57,3 +57,80 @@ def test_dora_gradients_match_densereference_output(detach_norm: bool) -> None:
     layer(x).square().sum().backward()
     for mine, ref in ((layer.lora_A, A), (layer.lora_B, B), (layer.lora_magnitude, m)):
         torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-9, atol=1e-10)
+
+
+def _dense_dora(layer: DoraLinear, x: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """``W x + b + (W' − W) dropped``, ``W' = m ⊙ V / ‖V‖_row`` formed densely (norm detached)."""
+    W, b = layer.base_layer.weight.detach(), layer.base_layer.bias
+    V = W + layer.scaling * layer.lora_B @ layer.lora_A
+    adapted = layer.lora_magnitude[:, None] * V / V.norm(dim=1, keepdim=True).detach()
+    return x @ W.T + (0 if b is None else b) + dropped @ (adapted - W).T
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_reassociated_forward_and_gradients_without_bias_and_batched(bias: bool) -> None:
+    layer = DoraLinear(base_linear(bias=bias), R, 8.0)
+    randomise(layer)
+    x = torch.randn(2, 3, IN, dtype=torch.float64, requires_grad=True)
+    twin = DoraLinear(base_linear(bias=bias), R, 8.0)
+    twin.load_state_dict(layer.state_dict())
+    y = layer(x)
+    assert y.shape == (2, 3, layer.out_features)
+    x2 = x.detach().clone().requires_grad_(True)
+    want = _dense_dora(twin, x2, x2)
+    torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-12)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    for name in layer.parameter_names:
+        torch.testing.assert_close(
+            getattr(layer, name).grad, getattr(twin, name).grad, rtol=1e-9, atol=1e-11
+        )
+
+
+def test_dropout_path_applies_the_dora_term_to_the_dropped_input() -> None:
+    layer = DoraLinear(base_linear(), R, 8.0, dropout=0.5).train()
+    randomise(layer)
+    x = torch.randn(6, IN, dtype=torch.float64)
+    torch.manual_seed(5)
+    y = layer(x)
+    torch.manual_seed(5)
+    dropped = torch.nn.functional.dropout(x, 0.5, training=True)
+    torch.testing.assert_close(y, _dense_dora(layer, x, dropped), rtol=1e-10, atol=1e-12)
+
+
+def test_bfloat16_base_with_float32_adapter() -> None:
+    layer = DoraLinear(base_linear(torch.float32).to(torch.bfloat16), R, 8.0)
+    randomise(layer)
+    x = torch.randn(5, IN).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and layer.lora_A.dtype == torch.float32
+    W = layer.base_layer.weight.float()
+    V = W + layer.scaling * layer.lora_B @ layer.lora_A
+    dense = x.float() @ (layer.lora_magnitude[:, None] * V / V.norm(dim=1, keepdim=True)).T
+    dense = dense + layer.base_layer.bias.float()
+    torch.testing.assert_close(y.float(), dense, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_layer_norm_goes_through_the_kernel_and_equals_the_reference(
+    dtype: torch.dtype,
+) -> None:
+    from lorax_core import kernels
+    from lorax_core.kernels import reference
+
+    layer = DoraLinear(base_linear(torch.float32).to("cuda", dtype), R, 8.0)
+    randomise(layer)
+    assert kernels.uses_kernel(layer.base_layer.weight, layer.lora_A, layer.lora_B)
+    with torch.no_grad():
+        got = layer.weight_norm()
+        want = reference.dora_row_norm(
+            layer.base_layer.weight.double(),
+            layer.lora_A.double(),
+            layer.lora_B.double(),
+            layer.scaling,
+        )
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)

@@ -78,20 +78,32 @@ class DoraLinear(AdapterLinear):
         return dora_row_norm(self.base_layer.weight, self.lora_A, self.lora_B, self.scaling)
 
     def combine(self, result: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``result + (m/n − 1) ⊙ base + (m/n) ⊙ s·B A h``, reassociated so that the (T, out)
+        work is two ops: the per-row factor ``s·m/n`` is folded into B (out × r) and, without
+        dropout, ``result + (m/n − 1)(result − b) = (m/n) result + (1 − m/n) b`` with the bias
+        term folded into the same ``addmm`` as an extra rank column (docs/kernels.md)."""
         if self.detach_norm:
             with torch.no_grad():
                 norm = self.weight_norm()
         else:
             norm = self.weight_norm()
         scale = self.lora_magnitude / norm
-        lora = linear(linear(h, self.lora_A), self.lora_B)
+        u = linear(h, self.lora_A)  # (..., r)
+        folded_B = self.lora_B * (scale * self.scaling).unsqueeze(1)  # (out, r)
         bias = self.base_layer.bias
         if isinstance(self.lora_dropout, nn.Identity) or not self.training:
-            base = result if bias is None else result - bias
+            start = result * scale
+            if bias is not None:
+                u = torch.cat([u, u.new_ones((*u.shape[:-1], 1))], dim=-1)
+                folded_B = torch.cat([folded_B, (bias * (1 - scale)).unsqueeze(1)], dim=1)
         else:  # the dropped-out input differs from x: W h needs its own product
             weight = self.base_layer.weight
-            base = linear(h.to(weight.dtype), weight)
-        return result + ((scale - 1) * base + scale * lora * self.scaling)
+            start = result + (scale - 1) * linear(h.to(weight.dtype), weight)
+        lead = start.shape[:-1]
+        flat = torch.addmm(
+            start.reshape(-1, start.shape[-1]), u.reshape(-1, u.shape[-1]), folded_B.t()
+        )
+        return flat.view(*lead, flat.shape[-1])
 
     def _dense_direction(self) -> torch.Tensor:
         """``W + s·B A`` of the unmerged W, (out, in) in the adapter dtype."""
