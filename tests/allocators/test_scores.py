@@ -135,3 +135,42 @@ def test_ordinary_steps_never_synchronise_with_the_host():
             torch.cuda.set_sync_debug_mode("default")
         opt.zero_grad()
     assert alloc.scores_.ipt["0"][1].device.type == "cuda"
+
+
+def _scored_modules(device: str) -> dict[str, SVDLinear]:
+    torch.manual_seed(3)
+    mods = {
+        str(i): SVDLinear(torch.nn.Linear(20 + i, 12), r=3, r_max=5).to(device) for i in range(3)
+    }
+    for m in mods.values():
+        for p in (m.lora_A, m.lora_E, m.lora_B):
+            p.grad = torch.randn_like(p)
+    return mods
+
+
+def _check_scores_follow_the_emas(device: str) -> None:
+    mods = _scored_modules(device)
+    scores = ImportanceScores(mods, 0.85, 0.85)
+    scores.update()
+    for got, (name, m) in zip(scores.rank_scores(), mods.items(), strict=True):
+        want = rank_scores(scores.ipt[name], scores.unc[name], m.active_rank)
+        torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=1e-12)
+    perm = torch.tensor([4, 0, 1, 2, 3])
+    scores.permute_("1", perm, 3)  # the fused buffer is stale now: scores follow the EMAs
+    got = scores.rank_scores()[1]
+    want = rank_scores(scores.ipt["1"], scores.unc["1"], mods["1"].active_rank)
+    torch.testing.assert_close(got, want)
+    state = scores.state_dict()
+    scores.update()
+    scores.load_state_dict(state)
+    torch.testing.assert_close(scores.rank_scores()[1], want)
+
+
+def test_scores_follow_permutes_and_loads() -> None:
+    _check_scores_follow_the_emas("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_scores_follow_permutes_and_loads_on_cuda() -> None:
+    _check_scores_follow_the_emas("cuda")
