@@ -8,6 +8,7 @@ import os
 import socket
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,10 +26,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(world: int) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], list]:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from lorax_core._distributed import is_sharded
+
+    return t.to_local() if is_sharded(t) else t
+
+
+def _train(
+    world: int, sharded: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], list]:
+    from lorax_core._distributed import full
     from lorax_core.training import BiDoRATrainer
 
     model = tiny_model(0, torch.float64, random_b=True)
+    if sharded:  # FSDP2: every adapted layer and the root (which holds the head)
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.a)
+        fully_shard(model.b)
+        fully_shard(model)
     trainer = BiDoRATrainer(
         model,
         tiny_loss,
@@ -45,26 +61,26 @@ def _train(world: int) -> tuple[dict[str, torch.Tensor], dict[str, list[float]],
     def recording(train_batch, val_batch):
         # the perturbation is the same on every process: ε (from the averaged v) and the
         # parameters it perturbs, which must also be back to the same values after the restore
-        before = [p.detach().clone() for p in trainer.lower]
+        before = [_local(p).detach().clone() for p in trainer.lower]
         loss = upper_step(train_batch, val_batch)
         assert trainer.upper.last is not None
         epsilons.append(trainer.upper.last.epsilon)
-        assert all(torch.equal(p, b) for p, b in zip(trainer.lower, before, strict=True))
+        assert all(torch.equal(_local(p), b) for p, b in zip(trainer.lower, before, strict=True))
         return loss
 
     trainer.upper.upper_step = recording
     assert len(trainer.split.train) == 38 and trainer.world == world
     history = trainer.train(STEPS, progress=False)
-    params = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    params = {n: full(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
     return params, history, epsilons
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str, sharded: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
     try:
-        params, history, epsilons = _train(world=2)
+        params, history, epsilons = _train(world=2, sharded=sharded)
         extra = {
             "history": torch.tensor(history["train_loss"] + history["val_loss"]),
             "retrain": torch.tensor(history["retrain_loss"]),
@@ -75,8 +91,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicas", "fsdp2"])
+def test_two_gloo_processes_equal_one(tmp_path, sharded):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), sharded), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
     for key in r0:  # identical on both processes, bit for bit

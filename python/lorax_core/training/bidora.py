@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lorax_core._batches import to_device
+from lorax_core._distributed import full, is_distributed, is_sharded
 from lorax_core._validation import (
     Instance,
     Integer,
@@ -44,7 +45,6 @@ from lorax_core._validation import (
     duck_type,
 )
 from lorax_core.adapters import DoraLinear, adapted_modules
-from lorax_core.allocators.distributed import is_distributed
 from lorax_core.training.schedule import BatchStream, collate, linear_warmup_decay, shard
 from lorax_core.training.split import DataSplit, split_indices
 
@@ -103,11 +103,16 @@ def direction_regularizer(modules: Iterable[DoraLinear], weight: float) -> torch
     identity ``‖D Dᵀ − I‖²_F = ‖Dᵀ D‖²_F − out`` (rows of D have unit norm) is used with the
     smaller in × in Gram. Temporaries: D (out × in, the size of W) and a min(out, in)² Gram;
     cost ``out · in · min(out, in)`` multiply-adds per module. The norm is not detached (R is a
-    function of the directions only). A differentiable scalar in the adapters' dtype.
+    function of the directions only). A differentiable scalar in the adapters' dtype. Under
+    FSDP2 each module's W, A and B are gathered whole (a collective: call it on every process).
     """
     terms = []
     for module in modules:
-        direction = module._dense_direction()
+        if is_sharded(module.lora_A):  # FSDP2: the whole factors, gathered differentiably
+            base = full(module.base_layer.weight.detach()).to(module.adapter_dtype)
+            direction = base + (full(module.lora_B) @ full(module.lora_A)) * module.scaling
+        else:
+            direction = module._dense_direction()
         norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
         d = direction / norm
         out, inp = d.shape
@@ -145,6 +150,49 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         out.append(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
     return out
+
+
+def _sharded(params: Sequence[torch.Tensor]) -> bool:
+    """Whether the parameters are FSDP2 ``DTensor`` s."""
+    return any(is_sharded(p) for p in params)
+
+
+def _gradients(
+    loss: torch.Tensor, params: Sequence[nn.Parameter], trainable: Sequence[nn.Parameter]
+) -> list[torch.Tensor | None]:
+    """``∂loss/∂params``. Whole parameters: ``torch.autograd.grad`` (this process's gradient).
+    FSDP2 parameters: ``loss.backward()`` and the ``.grad`` FSDP2 reduce-scatters (already
+    averaged over processes); every ``trainable`` parameter's ``.grad`` is cleared around it."""
+    if not _sharded(params):
+        return list(torch.autograd.grad(loss, list(params), allow_unused=True))
+    for p in trainable:
+        p.grad = None
+    loss.backward()
+    grads = [p.grad for p in params]
+    for p in trainable:
+        p.grad = None
+    return grads
+
+
+def _averaged(tensors: list[torch.Tensor], sharded: bool) -> list[torch.Tensor]:
+    """:func:`all_reduce_mean` of ``tensors``; under FSDP2 the gradients are averaged already,
+    so only the last entry (the loss) is."""
+    if not sharded:
+        return all_reduce_mean(tensors)
+    return [*tensors[:-1], *all_reduce_mean(tensors[-1:])]
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    """The Euclidean norm of all entries of ``tensors`` (whole or row-sharded ``DTensor`` s:
+    local sums of squares, one all-reduce)."""
+    if not _sharded(tensors):
+        return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
+    total = torch.zeros(1, dtype=torch.float64, device=tensors[0].device)
+    for t in tensors:
+        local = t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
+        total += local.double().square().sum().to(total.device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return math.sqrt(float(total))
 
 
 def _rng_devices(params: Sequence[torch.Tensor]) -> list[torch.device]:
@@ -196,19 +244,25 @@ def hypergradient(
     state, so dropout draws the same masks at ``w + εv`` and ``w − εv``.
 
     Under torch.distributed ``v`` is averaged before ε is taken (so every process perturbs
-    identically), and the result is averaged after.
+    identically), and the result is averaged after. Under FSDP2 (``DTensor`` parameters) the
+    gradients come from ``backward()`` (FSDP2 averages them), each process perturbs and
+    restores its own shards, and ‖v‖ is summed over the shards.
     """
     lower, upper = list(lower), list(upper)
     val_loss = loss_fn(model, val_batch)
-    grads = torch.autograd.grad(val_loss, upper + lower, allow_unused=True)
+    sharded = _sharded(upper + lower)
+    trainable = upper + lower
+    grads = _gradients(val_loss, upper + lower, trainable)
     g = _zeros_for_none(grads[: len(upper)], upper)
     if mode == "first_order":
-        reduced = all_reduce_mean([*g, val_loss.detach().reshape(1)])
+        reduced = _averaged([*g, val_loss.detach().reshape(1)], sharded)
         return Hypergradient(reduced[:-1], reduced[-1].reshape(()), 0.0)
-    v = all_reduce_mean(_zeros_for_none(grads[len(upper) :], lower))
-    v_norm = math.sqrt(sum(float(t.double().square().sum()) for t in v))
+    v = _zeros_for_none(grads[len(upper) :], lower)
+    if not sharded:  # FSDP2 gradients are averaged already
+        v = all_reduce_mean(v)
+    v_norm = _norm(v)
     if v_norm == 0.0 or not math.isfinite(v_norm):
-        reduced = all_reduce_mean([*g, val_loss.detach().reshape(1)])
+        reduced = _averaged([*g, val_loss.detach().reshape(1)], sharded)
         return Hypergradient(reduced[:-1], reduced[-1].reshape(()), 0.0)
     eps = EPSILON_SCALE / v_norm
     devices = _rng_devices(list(upper) + list(lower))
@@ -218,12 +272,12 @@ def hypergradient(
         with torch.no_grad():
             for p, d in zip(lower, v, strict=True):
                 p.add_(d, alpha=eps)
-        g_plus = torch.autograd.grad(loss_fn(model, train_batch), upper, allow_unused=True)
+        g_plus = _gradients(loss_fn(model, train_batch), upper, trainable)
         _restore_rng(rng, devices)
         with torch.no_grad():
             for p, b, d in zip(lower, backup, v, strict=True):
                 p.copy_(b).add_(d, alpha=-eps)
-        g_minus = torch.autograd.grad(loss_fn(model, train_batch), upper, allow_unused=True)
+        g_minus = _gradients(loss_fn(model, train_batch), upper, trainable)
     finally:
         with torch.no_grad():
             for p, b in zip(lower, backup, strict=True):
@@ -233,7 +287,7 @@ def hypergradient(
     combined = [
         gi + (scale / (2.0 * eps)) * (gm - gp) for gi, gp, gm in zip(g, plus, minus, strict=True)
     ]
-    reduced = all_reduce_mean([*combined, val_loss.detach().reshape(1)])
+    reduced = _averaged([*combined, val_loss.detach().reshape(1)], sharded)
     return Hypergradient(reduced[:-1], reduced[-1].reshape(()), eps)
 
 
@@ -519,8 +573,9 @@ class BiDoRATrainer:
         ]
 
     def _broadcast_parameters(self) -> None:
-        """Under torch.distributed, start every process from rank 0's trainable values."""
-        if not is_distributed():
+        """Under torch.distributed, start every process from rank 0's trainable values (FSDP2
+        shards are each process's own block of the same values: left as they are)."""
+        if not is_distributed() or _sharded(self.lower + self.upper.upper):
             return
         with torch.no_grad():
             for p in self.lower + self.upper.upper:
@@ -533,7 +588,8 @@ class BiDoRATrainer:
     def _lower_step(self, batch: Any, optimizer: torch.optim.Optimizer) -> float:
         loss = self.loss_fn(self.model, batch)
         total = loss + self.upper.orthogonal_regularizer() if self.upper.gamma > 0 else loss
-        grads = torch.autograd.grad(total, self.lower, allow_unused=True)
+        trainable = self.lower + self.upper.upper
+        grads = _gradients(total, self.lower, trainable)
         if self.head is not None and self.step_count == 0 and self.retrain_count == 0:
             head_ids = {id(p) for p in self.head.parameters()}
             if all(g is None for g, p in zip(grads, self.lower, strict=True) if id(p) in head_ids):
@@ -541,7 +597,9 @@ class BiDoRATrainer:
                     "BiDoRATrainer: head must be part of the model's graph (loss_fn's loss does "
                     "not depend on any of its parameters)"
                 )
-        reduced = all_reduce_mean([*_zeros_for_none(grads, self.lower), loss.detach().reshape(1)])
+        reduced = _averaged(
+            [*_zeros_for_none(grads, self.lower), loss.detach().reshape(1)], _sharded(self.lower)
+        )
         for p, g in zip(self.lower, reduced[:-1], strict=True):
             p.grad = g.to(p.dtype)
         optimizer.step()
