@@ -53,3 +53,11 @@ def test_clone_params_and_fitted_state(estimator) -> None:  # type: ignore[no-un
 def test_n_features_in_is_reset_per_fit() -> None:
     est = lid.TwoNN().fit(X)
     assert est.fit(np.hstack([X, X])).n_features_in_ == 24
+
+
+def test_device_is_a_parameter_that_clone_keeps() -> None:
+    est = lid.MLE(7, device="cpu")
+    assert est.get_params()["device"] == "cpu" and est.get_params()["k"] == 7
+    twin = clone(est)
+    assert twin.device == "cpu" and twin.k == 7
+    assert twin.fit(X).dimension_ == lid.MLE(7).fit(X).dimension_

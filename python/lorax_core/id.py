@@ -268,7 +268,7 @@ def _engine_device(function: str, device: object, X: object) -> torch.device | N
     """
     if device is None:
         on_gpu = isinstance(X, torch.Tensor) and X.device.type == "cuda"
-        return X.device if on_gpu else None  # type: ignore[union-attr]
+        return X.device if on_gpu and isinstance(X, torch.Tensor) else None
     resolved = torch.device(device)  # type: ignore[call-overload]
     if resolved.type == "cpu":
         return None

@@ -92,9 +92,9 @@ def toolkit_home() -> Path | None:
     on ``PATH``, or a folder of links to the compiler wheels (``bin``, ``include`` and
     ``lib64/libcudart.so``, made once in the build cache). ``None`` when there is no nvcc."""
     for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return Path(home)
+        given = os.environ.get(var)
+        if given and (Path(given) / "bin" / "nvcc").is_file():
+            return Path(given)
     nvcc = shutil.which("nvcc")
     if nvcc:
         return Path(nvcc).resolve().parent.parent

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lorax_core import _core
+
+if TYPE_CHECKING:
+    from lorax_core.id import IDResult
 
 __all__ = ["EXTRA", "estimate_id", "knn", "local_statistics", "unit_scale"]
 
@@ -259,7 +263,7 @@ def estimate_id(
     x: torch.Tensor,
     settings: _core.TwoNNOptions | _core.MleOptions,
     options: _core.EstimateOptions,
-) -> object:
+) -> IDResult:
     """The intrinsic dimension of the rows of ``x`` (n, D) with the neighbours found on
     ``x``'s device, as the Rust engine's ``estimate_id``: exact copies removed, then near
     duplicates (``duplicate_tol`` × the robust scale), then the estimator's fit. Returns a
@@ -269,7 +273,7 @@ def estimate_id(
     takes points, not statistics: with ``bootstrap > 0`` or ``scales=True`` this raises
     ``ValueError`` (use ``device="cpu"``).
     """
-    from lorax_core.id import IDResult
+    from lorax_core import id as lid  # the estimators import this module lazily
 
     if options.bootstrap > 0 or options.scales:
         which = "bootstrap" if options.bootstrap > 0 else "scales"
@@ -305,4 +309,4 @@ def estimate_id(
             raise err
     stats = local_statistics(dist, settings).cpu().numpy()
     n_kept = points.shape[0]
-    return IDResult(_fit(stats, settings), None, total, total - n_kept, None)
+    return lid.IDResult(_fit(stats, settings), None, total, total - n_kept, None)
