@@ -92,6 +92,10 @@ def _resume_worker(rank: int, world: int, out: Path, model_dir: str, data: dict)
     (out / f"bad-rank{rank}.json").write_text(json.dumps(messages), encoding="utf-8")
 
 
+def _four_worker(rank: int, world: int, out: Path, model_dir: str, data: dict) -> None:
+    _save(out, "four", rank, train("elalora", model_dir, data, wrap="fsdp"))
+
+
 @pytest.fixture(scope="module")
 def setup(minilm_dir: Path) -> tuple[str, dict[str, torch.Tensor]]:
     return str(minilm_dir), inputs(str(minilm_dir), texts())
@@ -212,3 +216,17 @@ def test_bad_input_is_a_clear_error_not_a_hang(resumed) -> None:
     assert "did not arrive" in bad0["one_sided"] and "every process" in bad0["one_sided"]
     assert "one_sided" not in bad1
     assert not (resumed / "never").exists()
+
+
+def test_four_sharded_processes_equal_one(setup, reference, tmp_path: Path) -> None:
+    spawn(_four_worker, 4, tmp_path, *setup, timeout=180)
+    loaded = [_load(tmp_path, "four", rank) for rank in range(4)]
+    ref = reference["elalora"]
+    for meta, tensors in loaded[1:]:
+        assert meta == loaded[0][0]
+        assert all(torch.equal(v, loaded[0][1][k]) for k, v in tensors.items())
+    meta, tensors = loaded[0]
+    assert meta["ranks"] == ref["ranks"]
+    _close(torch.tensor(meta["losses"]), torch.tensor(ref["losses"]))
+    for name, value in ref["params"].items():
+        _close(tensors[f"param.{name}"], value)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lorax_core._distributed import assign_, full, is_sharded
+from lorax_core._distributed import assign_, full, is_sharded, local_slices
 from lorax_core._validation import Integer, check
 from lorax_core.adapters import SVDLinear
 from lorax_core.allocators.scores import RANK_AXES, permute_rank_axis_
@@ -46,10 +46,31 @@ def orthonormal_complement(existing: torch.Tensor, n_new: int, seed: int) -> tor
     return q[:, m:]
 
 
+def _is_identity(perm: torch.Tensor) -> bool:
+    return bool(torch.equal(perm.cpu(), torch.arange(perm.numel())))
+
+
+@torch.no_grad()
+def _zero_from_(tensor: torch.Tensor, dim: int, start: int) -> None:
+    """Zero the entries at positions ``≥ start`` along ``dim`` (of the whole tensor), writing
+    only this process's block of a ``DTensor``: no communication."""
+    if is_sharded(tensor):
+        local = tensor.to_local()  # type: ignore[attr-defined]
+        first = local_slices(tensor)[dim].start
+    else:
+        local, first = tensor, 0
+    begin = min(max(start - first, 0), local.shape[dim])
+    local.narrow(dim, begin, local.shape[dim] - begin).zero_()
+
+
 @torch.no_grad()
 def permute_(tensor: torch.Tensor, perm: torch.Tensor, dim: int, n_keep: int) -> None:
     """:func:`~lorax_core.allocators.scores.permute_rank_axis_` for a whole tensor or a
-    ``DTensor`` (gathered, permuted whole, local block written back: a collective)."""
+    ``DTensor`` (gathered, permuted whole, local block written back: a collective). An identity
+    ``perm`` only zeroes the slots ``≥ n_keep``, locally."""
+    if _is_identity(perm):
+        _zero_from_(tensor, dim, n_keep)
+        return
     if not is_sharded(tensor):
         permute_rank_axis_(tensor, perm, dim, n_keep)
         return
@@ -76,6 +97,16 @@ def apply_plan_(
         raise RuntimeError("cannot change the active rank of a merged layer; unmerge first")
     params = [getattr(module, name) for name, _ in RANK_AXES]
     index = torch.tensor(perm, dtype=torch.long)
+    if _is_identity(index) and new_rank == n_keep:  # nothing moves: no gathering
+        if optimizer is not None:
+            for param, (_, dim) in zip(params, RANK_AXES, strict=True):
+                for value in optimizer.state.get(param, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        _zero_from_(value, dim, n_keep)
+        _zero_from_(module.lora_E, 0, new_rank)
+        if new_rank != module.active_rank:
+            set_rank_(module, new_rank)
+        return
     whole = []
     for param, (_, dim) in zip(params, RANK_AXES, strict=True):
         whole.append(full(param.detach()).index_select(dim, index.to(param.device)))
