@@ -36,6 +36,9 @@ def test_two_methods_run_through_the_command_and_resume_from_the_cache(
     assert [r["method"] for r in rows] == ["lora", "dora"]
     assert "| DoRA |" in (out / "quick" / "table.md").read_text()
     assert (out / "quick" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    summary = capsys.readouterr().out if main([*argv[:5], "--summary"]) == 0 else ""
+    assert summary.startswith("| method | params (MiniLM) | minilm · tweets |")
+    assert "\n| DoRA | 79,491 | " in summary  # mean accuracy (Δ vs LoRA)
     split = json.loads((out / "splits" / "tweets.json").read_text())
     assert len(split["test"]) == 20 and len(split["fit"]) + len(split["val"]) == 40
     # Interrupted and restarted: nothing is run again, the table is the same.

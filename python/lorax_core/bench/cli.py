@@ -35,6 +35,18 @@ from lorax_core.bench.runner import make_spec, read_record, run, run_key, write_
 __all__ = ["main"]
 
 DEFAULT_OUT = Path("benches") / "results" / "comparison"
+#: Run first, in this order: the reference, GeLoRA's modes, BiDoRA and DoRA, ElaLoRA and AdaLoRA.
+FIRST = (
+    "lora",
+    "gelora_tokens_budget",
+    "gelora_mean_budget",
+    "gelora_tokens_raw",
+    "gelora_mean_raw",
+    "dora",
+    "bidora",
+    "adalora",
+    "elalora",
+)
 
 
 class UsageError(Exception):
@@ -255,7 +267,7 @@ class Bench:
         from tqdm.auto import tqdm
 
         cells: dict[tuple[str, str, str], Cell] = {}
-        order = sorted(self.cells(), key=lambda c: self.models.index(c[0]))
+        order = sorted(self.cells(), key=self._priority)
         disable = self.args.no_progress or not execute
         with tqdm(
             total=self.planned_runs(), desc="lorax-bench", unit="run", disable=disable
@@ -275,6 +287,19 @@ class Bench:
                         cell.runs[seed] = record
                     self.write(cells, execute)
         return list(cells.values())
+
+    def _priority(self, cell: tuple[str, str, MethodSpec]) -> tuple[int, int, int, int]:
+        """Execution order: model by model; LoRA (every comparison's reference) first, then
+        the methods whose defaults the table decides and their baselines (:data:`FIRST`), the
+        rest in table order, the full fine-tune (the costliest run) last; for each method its
+        datasets one after the other, so an interrupted table holds whole rows."""
+        model, dataset, method = cell
+        if method.name in FIRST:
+            rank = FIRST.index(method.name)
+        else:
+            rank = len(FIRST) + (1 if method.kind == "full" else 0)
+        datasets = self.experiments.models[model].datasets
+        return (self.models.index(model), rank, method.order, datasets.index(dataset))
 
     def _first_seed(
         self,

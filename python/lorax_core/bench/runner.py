@@ -54,6 +54,11 @@ class Classifier(nn.Module):
         self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # Right padding: columns past the batch's longest text hold only padding; dropping them
+        # leaves every real token's output as it is and saves their compute.
+        length = int(attention_mask.sum(1).max())
+        if 0 < length < attention_mask.shape[1]:
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         if self.pooling == "last":
             last = attention_mask.sum(1).clamp_min(1) - 1
