@@ -26,16 +26,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from lorax_core.adapters import (
-    AdapterConfig,
-    adapted_modules,
-    inject,
-    load_adapter,
-    merge,
-    merged_state_dict,
-    save_adapter,
-    untie_weights,
-)
+from lorax_core import adapters
 from lorax_core.datasets import SMOLLM2_GGUF, TextSplit, smollm2_path
 from lorax_core.gelora import RankPlan, capture_hidden_states
 from lorax_core.gelora.cli import main
@@ -137,41 +128,43 @@ def test_the_profiled_plan_names_modules_inside_the_backbone(plan: RankPlan) -> 
     assert len({m.rank for m in plan.modules.values()}) > 1  # a real per-module plan
 
 
-@pytest.mark.parametrize("target", ["causal LM", "base model"])
+@pytest.fixture(params=["causal LM", "base model"])
+def target(request: pytest.FixtureRequest, smollm2: nn.Module) -> tuple[str, nn.Module]:
+    """``(kind, model)``: a fresh copy of the causal LM, or of its base model."""
+    kind: str = request.param
+    return kind, copy.deepcopy(smollm2 if kind == "causal LM" else smollm2.model)
+
+
 def test_inject_gives_the_causal_lm_the_planned_ranks(
     plan: RankPlan,
+    target: tuple[str, nn.Module],
     smollm2: nn.Module,
     batch: dict[str, torch.Tensor],
     base_logits: torch.Tensor,
-    target: str,
     tmp_path: Path,
 ) -> None:
-    model = copy.deepcopy(smollm2 if target == "causal LM" else smollm2.model)
-    prefix = "model." if target == "causal LM" else ""
-    inject(model, plan)
-    ours = {name: (layer.r, layer.alpha) for name, layer in adapted_modules(model).items()}
+    kind, model = target
+    prefix = "model." if kind == "causal LM" else ""
+    adapters.inject(model, plan)
+    ours = {name: (layer.r, layer.alpha) for name, layer in adapters.adapted_modules(model).items()}
     assert ours == {f"{prefix}{n}": (p.rank, p.alpha) for n, p in plan.modules.items()}
-    if target == "base model":
+    if kind == "base model":
         return
     assert torch.equal(logits(model, batch), base_logits)  # LoRA's B = 0 at init
-    save_adapter(model, tmp_path)  # the config is the causal LM's own
-    reloaded = load_adapter(copy.deepcopy(smollm2), tmp_path)
-    assert {n: layer.r for n, layer in adapted_modules(reloaded).items()} == {
+    adapters.save_adapter(model, tmp_path)  # the config is the causal LM's own
+    reloaded = adapters.load_adapter(copy.deepcopy(smollm2), tmp_path)
+    assert {n: layer.r for n, layer in adapters.adapted_modules(reloaded).items()} == {
         n: r for n, (r, _) in ours.items()
     }
 
 
-@pytest.mark.parametrize("target", ["causal LM", "base model"])
 def test_peft_gives_every_module_its_planned_rank(
-    plan: RankPlan,
-    smollm2: nn.Module,
-    batch: dict[str, torch.Tensor],
-    base_logits: torch.Tensor,
-    target: str,
+    plan: RankPlan, target: tuple[str, nn.Module], batch: Any, base_logits: torch.Tensor
 ) -> None:
-    model = copy.deepcopy(smollm2 if target == "causal LM" else smollm2.model)
-    prefix = "base_model.model." + ("model." if target == "causal LM" else "")
-    kwargs = {"task_type": "CAUSAL_LM"} if target == "causal LM" else {}
+    kind, model = target
+    causal = kind == "causal LM"
+    prefix = "base_model.model." + ("model." if causal else "")
+    kwargs = {"task_type": "CAUSAL_LM"} if causal else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         peft_model = get_peft_model(model, plan.to_peft_config(**kwargs))
@@ -182,7 +175,7 @@ def test_peft_gives_every_module_its_planned_rank(
     assert trainable == plan.num_parameters
     plan.validate_for(peft_model)  # the plan applies to the PEFT-wrapped model as well
     assert set(plan.resolve(peft_model)) == set(expected)
-    if target == "causal LM":
+    if causal:
         assert torch.equal(logits(peft_model, batch), base_logits)
 
 
@@ -203,8 +196,10 @@ def test_all_linear_adapts_what_peft_adapts_and_keeps_the_output(
     peft_all_linear: set[str],
     method: str,
 ) -> None:
-    model = inject(copy.deepcopy(smollm2), AdapterConfig(method, r=2, target_modules="all-linear"))
-    adapted = set(adapted_modules(model))
+    model = adapters.inject(
+        copy.deepcopy(smollm2), adapters.AdapterConfig(method, r=2, target_modules="all-linear")
+    )
+    adapted = set(adapters.adapted_modules(model))
     assert adapted == peft_all_linear
     assert len(adapted) == N_BLOCKS * PER_BLOCK and "lm_head" not in adapted
     if method == "dora":  # W · (m / ‖W‖) with m = ‖W‖: equal to float rounding
@@ -227,13 +222,15 @@ def test_the_checkpoint_ties_its_head_to_its_embedding(smollm2: nn.Module) -> No
 def test_a_residual_init_on_the_tied_head_is_refused(smollm2: nn.Module, init: str) -> None:
     model = copy.deepcopy(smollm2)
     embedding = model.model.embed_tokens.weight.detach().clone()
-    config = AdapterConfig(r=4, target_modules=["lm_head"], init=init)
+    config = adapters.AdapterConfig(r=4, target_modules=["lm_head"], init=init)
     with pytest.raises(
         ValueError, match=r"'lm_head' with 'model\.embed_tokens\.weight'.*untie_weights=True"
     ):
-        inject(model, config)
+        adapters.inject(model, config)
     assert torch.equal(model.model.embed_tokens.weight, embedding)
-    assert model.lm_head.weight is model.model.embed_tokens.weight and not adapted_modules(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight and not adapters.adapted_modules(
+        model
+    )
 
 
 def test_untie_weights_keeps_the_embedding_and_the_logits(
@@ -241,11 +238,11 @@ def test_untie_weights_keeps_the_embedding_and_the_logits(
 ) -> None:
     model = copy.deepcopy(smollm2)
     embedding = smollm2.model.embed_tokens.weight
-    config = AdapterConfig(
+    config = adapters.AdapterConfig(
         r=4, target_modules=["lm_head", "q_proj"], init="nystrom", untie_weights=True
     )
     with pytest.warns(UserWarning, match=r"untied 'lm_head'.*tie_word_embeddings = False"):
-        inject(model, config)
+        adapters.inject(model, config)
     assert torch.equal(model.model.embed_tokens.weight, embedding)  # bit for bit
     assert model.lm_head.base_layer.weight is not model.model.embed_tokens.weight
     assert model.config.tie_word_embeddings is False  # a later tie_weights() keeps them apart
@@ -253,7 +250,7 @@ def test_untie_weights_keeps_the_embedding_and_the_logits(
     assert model.lm_head.base_layer.weight is not model.model.embed_tokens.weight
     at_init = logits(model, batch)
     torch.testing.assert_close(at_init, base_logits, atol=2e-3, rtol=1e-4)
-    merge(model)
+    adapters.merge(model)
     assert torch.equal(model.model.embed_tokens.weight, embedding)
     torch.testing.assert_close(logits(model, batch), at_init, atol=2e-3, rtol=1e-4)
 
@@ -261,17 +258,19 @@ def test_untie_weights_keeps_the_embedding_and_the_logits(
 def test_merging_a_tied_head_is_refused_until_untied(smollm2: nn.Module) -> None:
     model = copy.deepcopy(smollm2)
     embedding = smollm2.model.embed_tokens.weight
-    inject(model, AdapterConfig(r=4, target_modules=["lm_head"]))  # reads the tied weight only
-    head = adapted_modules(model)["lm_head"]
+    adapters.inject(
+        model, adapters.AdapterConfig(r=4, target_modules=["lm_head"])
+    )  # reads the tied weight only
+    head = adapters.adapted_modules(model)["lm_head"]
     with torch.no_grad():
         head.lora_B.normal_(std=0.02, generator=torch.Generator().manual_seed(0))
-    for function in (merge, merged_state_dict):
+    for function in (adapters.merge, adapters.merged_state_dict):
         with pytest.raises(ValueError, match=r"'lm_head' with 'model\.embed_tokens\.weight'"):
             function(model)
     assert torch.equal(model.model.embed_tokens.weight, embedding) and not head.merged
     with pytest.warns(UserWarning, match="untie_weights: untied 'lm_head'"):
-        assert untie_weights(model) == ["lm_head"]
-    state = merged_state_dict(model)
+        assert adapters.untie_weights(model) == ["lm_head"]
+    state = adapters.merged_state_dict(model)
     assert torch.equal(state["model.embed_tokens.weight"], embedding)
     torch.testing.assert_close(state["lm_head.weight"], embedding + head.delta_weight())
 

@@ -123,6 +123,98 @@ _NUMBERS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("max_length", int, "N", "tokens per example (longer texts are truncated)"),
 )
 
+# profile()'s other arguments: name, flag, argparse settings (the default is profile()'s).
+_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "estimator",
+        "--estimator",
+        {
+            "choices": ESTIMATORS,
+            "help": "ID estimator: twonn (two nearest neighbours) or mle (Levina-Bickel, --k)",
+        },
+    ),
+    (
+        "pooling",
+        "--pooling",
+        {
+            "choices": POOLINGS,
+            "help": "how token states become rows: mean over real tokens, the first (cls) or "
+            "last real token, or a random subset of all real tokens",
+        },
+    ),
+    (
+        "target_modules",
+        "--targets",
+        {
+            "type": _targets,
+            "metavar": "NAMES",
+            "help": "comma-separated module names (suffixes) to adapt, or all-linear",
+        },
+    ),
+    (
+        "budget",
+        "--budget",
+        {
+            "type": _typed(_budget, *BUDGET_RULES[:2]),
+            "metavar": "N|uniform:R",
+            "help": "total LoRA parameters, or those of uniform rank-R LoRA; solves for --c",
+        },
+    ),
+    (
+        "rank_mode",
+        "--rank-mode",
+        {
+            "choices": RANK_MODES,
+            "help": "plain: the rule on the ID increases; noise-aware: extra rank only where a "
+            "block's increase is clear of the noise (the lower end of its joint-resample "
+            "interval; needs --bootstrap >= 2)",
+        },
+    ),
+    (
+        "skip_first",
+        "--skip-first",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "leave each text's first token (a decoder's attention sink) out of the "
+            "pooling; None: for causal LMs",
+        },
+    ),
+    (
+        "final_norm",
+        "--final-norm",
+        {
+            "action": "store_true",
+            "help": "take the last state after a decoder's final norm, not the last block's output",
+        },
+    ),
+    (
+        "device",
+        "--device",
+        {
+            "metavar": "DEVICE",
+            "help": "where the checkpoint runs, e.g. cpu, cuda, cuda:1; None: cpu",
+        },
+    ),
+    (
+        "dtype",
+        "--dtype",
+        {
+            "choices": DTYPES,
+            "help": "weight dtype; None: bfloat16 on CUDA, else float32 (pooling is float32)",
+        },
+    ),
+    (
+        "device_map",
+        "--device-map",
+        {
+            "type": _device_map,
+            "metavar": "MAP",
+            "help": f"spread the checkpoint over devices: {', '.join(DEVICE_MAPS)}, or a JSON "
+            "object of module names to devices (needs accelerate; not with --device)",
+        },
+    ),
+)
+
 _EPILOG = f"""\
 inputs: a hidden-states .safetensors (tensors hidden.0 ... hidden.L); a {CHECKPOINT_NAME}
 (or its folder) with config.json and the tokenizer beside it, plus --data; or --demo.
@@ -168,83 +260,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"profile {DEMO_MODEL} on {DEMO_DATA} (pip install '.[demo]' from a source checkout)",
     )
-    p.add_argument(
-        "--estimator",
-        choices=ESTIMATORS,
-        default=d["estimator"],
-        help="ID estimator: twonn (two nearest neighbours) or mle (Levina-Bickel, --k)",
-    )
-    p.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default=d["pooling"],
-        help="how token states become rows: mean over real tokens, the first (cls) or last "
-        "real token, or a random subset of all real tokens",
-    )
-    p.add_argument(
-        "--targets",
-        type=_targets,
-        default=d["target_modules"],
-        metavar="NAMES",
-        help="comma-separated module names (suffixes) to adapt, or all-linear",
-    )
-    p.add_argument(
-        "--budget",
-        type=_typed(_budget, *BUDGET_RULES[:2]),
-        default=d["budget"],
-        metavar="N|uniform:R",
-        help="total LoRA parameters, or those of uniform rank-R LoRA; solves for --c",
-    )
+    for name, flag, settings in _OPTIONS:
+        p.add_argument(flag, dest=name, default=d[name], **settings)
     for name, parse, metavar, text in _NUMBERS:
-        flag = "--" + name.replace("_", "-")
         rules = _rules(name)
         p.add_argument(
-            flag,
+            "--" + name.replace("_", "-"),
             type=_typed(parse, *rules),
             default=d[name],
             metavar=metavar,
             help=f"{text}; {rule_text(rules)}",
         )
-    p.add_argument(
-        "--rank-mode",
-        choices=RANK_MODES,
-        default=d["rank_mode"],
-        help="plain: the rule on the ID increases; noise-aware: extra rank only where a "
-        "block's increase is clear of the noise (the lower end of its joint-resample "
-        "interval; needs --bootstrap >= 2)",
-    )
-    p.add_argument(
-        "--skip-first",
-        action=argparse.BooleanOptionalAction,
-        default=d["skip_first"],
-        help="leave each text's first token (a decoder's attention sink) out of the pooling; "
-        "None: for causal LMs",
-    )
-    p.add_argument(
-        "--final-norm",
-        action="store_true",
-        help="take the last state after a decoder's final norm, not the last block's output",
-    )
-    p.add_argument(
-        "--device",
-        metavar="DEVICE",
-        default=d["device"],
-        help="where the checkpoint runs, e.g. cpu, cuda, cuda:1; None: cpu",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=d["dtype"],
-        help="weight dtype; None: bfloat16 on CUDA, else float32 (pooling is float32)",
-    )
-    p.add_argument(
-        "--device-map",
-        type=_device_map,
-        metavar="MAP",
-        default=d["device_map"],
-        help=f"spread the checkpoint over devices: {', '.join(DEVICE_MAPS)}, or a JSON object "
-        "of module names to devices (needs accelerate; not with --device)",
-    )
     p.add_argument(
         "--out", type=Path, metavar="FILE", help="write the plan JSON here (replaced atomically)"
     )
@@ -331,33 +357,9 @@ def _run(args: argparse.Namespace) -> ProfileResult:
         raise ValueError(f"give a PATH (hidden states or {CHECKPOINT_NAME}) or --demo")
     else:
         source, texts, data_name = args.path, args.data, None
-    result = profile(
-        source,
-        texts,
-        data_name=data_name,
-        pooling=args.pooling,
-        estimator=args.estimator,
-        k=args.k,
-        bootstrap=args.bootstrap,
-        n_samples=args.n_samples,
-        seed=args.seed,
-        target_modules=args.targets,
-        budget=args.budget,
-        c=args.c,
-        offset=args.offset,
-        rank_min=args.rank_min,
-        rank_max=args.rank_max,
-        alpha_over_r=args.alpha_over_r,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        progress=True,
-        rank_mode=args.rank_mode,
-        skip_first=args.skip_first,
-        final_norm=args.final_norm,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-    )
+    names = [name for name, _, _ in _OPTIONS] + [name for name, *_ in _NUMBERS]
+    chosen = {name: getattr(args, name) for name in names}
+    result = profile(source, texts, data_name=data_name, progress=True, **chosen)
     if args.out is not None:
         result.plan.to_json(args.out)
     if args.plot is not None:

@@ -19,17 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lorax_core._validation import (
-    Instance,
-    Integer,
-    NoneValue,
-    Options,
-    Real,
-    Satisfies,
-    check,
-    is_real,
-    validate_params,
-)
+from lorax_core import _validation as val
 from lorax_core.adapters.patterns import resolve_names, suffix_key
 from lorax_core.gelora import schema
 from lorax_core.gelora.modules import ModuleShapes, block_of, linear_modules, select_targets
@@ -46,12 +36,12 @@ from lorax_core.gelora.stability import (
     RANK_MODES,
     increases_for,
     mean_stability,
-    stability_of,
+    resample_fields,
 )
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "LayerProfile", "ModulePlan", "RankPlan", "plan_ranks"]
 
-_MODULE = Instance(nn.Module, "a torch.nn.Module")
+_MODULE = val.Instance(nn.Module, "a torch.nn.Module")
 
 
 @dataclass(frozen=True)
@@ -214,7 +204,7 @@ class RankPlan:
             ValueError: naming the planned modules the model lacks, or that refer to more than
                 one module.
         """
-        check("RankPlan.resolve", "model", model, _MODULE)
+        val.check("RankPlan.resolve", "model", model, _MODULE)
         found = resolve_names(model, self.modules)
         missing = [n for n, full in found.items() if not full]
         if missing:
@@ -235,7 +225,7 @@ class RankPlan:
             ValueError: naming the modules the model lacks, that are ambiguous, or whose
                 shapes differ.
         """
-        check("RankPlan.validate_for", "model", model, _MODULE)
+        val.check("RankPlan.validate_for", "model", model, _MODULE)
         named = dict(model.named_modules())
         wrong = []
         for full, planned in self.resolve(model).items():
@@ -306,46 +296,46 @@ def _short(names: Sequence[str], limit: int = 5) -> str:
 def _dimension_of(item: Any, i: int) -> tuple[float, tuple[float, float] | None]:
     """d_i and its interval from a float or an ``IDResult``-like object."""
     if hasattr(item, "dimension"):
-        value = check("plan_ranks", f"layer_ids[{i}].dimension", item.dimension, Real())
-        ci = check("plan_ranks", f"layer_ids[{i}].ci", getattr(item, "ci", None), *_CI)
+        value = val.check("plan_ranks", f"layer_ids[{i}].dimension", item.dimension, val.Real())
+        ci = val.check("plan_ranks", f"layer_ids[{i}].ci", getattr(item, "ci", None), *_CI)
         return value, None if ci is None else (float(ci[0]), float(ci[1]))
-    return check("plan_ranks", f"layer_ids[{i}]", item, Real(), _ID_RESULT), None
+    return val.check("plan_ranks", f"layer_ids[{i}]", item, val.Real(), _ID_RESULT), None
 
 
 # Named in messages only: an IDResult-like item was already read through its attributes.
-_ID_RESULT = Satisfies((), lambda item: False, "an IDResult")
+_ID_RESULT = val.Satisfies((), lambda item: False, "an IDResult")
 _CI = (
-    Satisfies(
+    val.Satisfies(
         (tuple, list),
         lambda ci: (
-            len(ci) == 2 and all(is_real(v) and math.isfinite(v) for v in ci) and ci[0] <= ci[1]
+            len(ci) == 2 and all(val.is_real(v) and math.isfinite(v) for v in ci) and ci[0] <= ci[1]
         ),
         "a pair of finite numbers (lo, hi) with lo <= hi",
     ),
-    NoneValue(),
+    val.NoneValue(),
 )
 
 
-@validate_params(
-    layer_ids=Satisfies(
+@val.validate_params(
+    layer_ids=val.Satisfies(
         (Sequence, np.ndarray),
         lambda ids: len(ids) >= 2 and not isinstance(ids, str),
         "a sequence of at least two IDs (d_0 and d_1)",
     ),
-    model=[_MODULE, Instance(Mapping, "a mapping"), NoneValue()],
-    c=Real(low=0),
-    offset=Integer(),
-    rank_min=Integer(low=1),
-    rank_max=[Integer(low=1), NoneValue()],
-    alpha_over_r=Real(low=0, closed="neither"),
-    rank_mode=Options(RANK_MODES),
+    model=[_MODULE, val.Instance(Mapping, "a mapping"), val.NoneValue()],
+    c=val.Real(low=0),
+    offset=val.Integer(),
+    rank_min=val.Integer(low=1),
+    rank_max=[val.Integer(low=1), val.NoneValue()],
+    alpha_over_r=val.Real(low=0, closed="neither"),
+    rank_mode=val.Options(RANK_MODES),
     resamples=[
-        Satisfies(
+        val.Satisfies(
             (np.ndarray, Sequence),
             lambda r: np.asarray(r).ndim == 2 and np.asarray(r).shape[0] >= MIN_RESAMPLES,
             f"a [B, L + 1] array of resample IDs with B >= {MIN_RESAMPLES}",
         ),
-        NoneValue(),
+        val.NoneValue(),
     ],
 )
 def plan_ranks(
@@ -389,7 +379,7 @@ def plan_ranks(
         layer_ids = layer_ids.tolist()
     profile = [_dimension_of(item, i) for i, item in enumerate(layer_ids)]
     if rank_max is not None:
-        check("plan_ranks", "rank_max", rank_max, Integer(low=rank_min), NoneValue())
+        val.check("plan_ranks", "rank_max", rank_max, val.Integer(low=rank_min), val.NoneValue())
     budget = check_budget("plan_ranks", "budget", budget)
 
     shapes: ModuleShapes
@@ -463,20 +453,10 @@ def _layers(
     rule: tuple[float, int, int, int | None],
 ) -> tuple[LayerProfile, ...]:
     """The plan's layers: IDs, block ranks and alphas, and the resample summary if any."""
-    summary = None
-    if resamples is not None:
-        summary = stability_of([d for d, _ in profile], resamples, ranks[1:], rank_mode, rule)
+    dims = [d for d, _ in profile]
+    fields = resample_fields(dims, resamples, ranks[1:], rank_mode, rule)
     layers = []
-    for i, (d, ci) in enumerate(profile):
-        extra: dict[str, Any] = {}
-        if resamples is not None:
-            extra["resamples"] = tuple(float(v) for v in resamples[:, i])
-        if summary is not None and i:
-            extra.update(
-                delta_ci=summary.delta_ci[i - 1],
-                rank_range=summary.rank_range[i - 1],
-                rank_stability=summary.rank_stability[i - 1],
-            )
+    for i, ((d, ci), extra) in enumerate(zip(profile, fields, strict=True)):
         layers.append(
             LayerProfile(
                 index=i,

@@ -32,19 +32,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lorax_core import _validation as val
 from lorax_core._safetensors import read_header
-from lorax_core._validation import (
-    Bool,
-    Instance,
-    Integer,
-    NoneValue,
-    Options,
-    Real,
-    Satisfies,
-    check,
-    is_integer,
-    validate_params,
-)
 from lorax_core.gelora.capture import (
     POOLINGS,
     capture_hidden_states,
@@ -74,7 +63,7 @@ CHECKPOINT_NAME = "model.safetensors"
 #: Fewest rows an ID estimate takes (TwoNN needs two neighbours of a point).
 MIN_POINTS = 3
 
-_PATH = Instance((str, os.PathLike), "a path")
+_PATH = val.Instance((str, os.PathLike), "a path")
 
 #: Weight dtypes a checkpoint can be run in.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -90,11 +79,11 @@ def _is_device(value: object) -> bool:
     return True
 
 
-_DEVICE = Satisfies((str, torch.device), _is_device, "a torch device such as 'cpu' or 'cuda:0'")
-_DEVICE_MAP = Satisfies(
+_DEVICE = val.Satisfies((str, torch.device), _is_device, "a torch device such as 'cpu' or 'cuda:0'")
+_DEVICE_MAP = val.Satisfies(
     Mapping,
     lambda m: all(
-        isinstance(k, str) and (is_integer(v) or (isinstance(v, str) and bool(v)))
+        isinstance(k, str) and (val.is_integer(v) or (isinstance(v, str) and bool(v)))
         for k, v in m.items()
     ),
     "a map of module names to devices",
@@ -124,38 +113,38 @@ class _Hidden:
     capture: dict[str, Any]
 
 
-@validate_params(
-    source=[_PATH, Instance(nn.Module, "a torch.nn.Module")],
+@val.validate_params(
+    source=[_PATH, val.Instance(nn.Module, "a torch.nn.Module")],
     texts=[
         _PATH,
-        Satisfies(
+        val.Satisfies(
             (list, tuple),
             lambda items: all(isinstance(t, str) for t in items),
             "a sequence of strings",
         ),
-        NoneValue(),
+        val.NoneValue(),
     ],
-    data_name=[Instance(str), NoneValue()],
-    pooling=Options(POOLINGS),
-    estimator=Options(ESTIMATORS),
-    k=Integer(low=1),
-    bootstrap=Integer(low=0),
-    n_samples=[Integer(low=1), NoneValue()],
-    seed=Integer(low=0),
-    c=Real(low=0),
-    offset=Integer(),
-    rank_min=Integer(low=1),
-    rank_max=[Integer(low=1), NoneValue()],
-    alpha_over_r=Real(low=0, closed="neither"),
-    batch_size=Integer(low=1),
-    max_length=Integer(low=1),
-    progress=Bool(),
-    rank_mode=Options(RANK_MODES),
-    skip_first=[Bool(), NoneValue()],
-    final_norm=Bool(),
-    device=[_DEVICE, NoneValue()],
-    dtype=[Options(DTYPES), NoneValue()],
-    device_map=[Options(DEVICE_MAPS), _DEVICE_MAP, NoneValue()],
+    data_name=[val.Instance(str), val.NoneValue()],
+    pooling=val.Options(POOLINGS),
+    estimator=val.Options(ESTIMATORS),
+    k=val.Integer(low=1),
+    bootstrap=val.Integer(low=0),
+    n_samples=[val.Integer(low=1), val.NoneValue()],
+    seed=val.Integer(low=0),
+    c=val.Real(low=0),
+    offset=val.Integer(),
+    rank_min=val.Integer(low=1),
+    rank_max=[val.Integer(low=1), val.NoneValue()],
+    alpha_over_r=val.Real(low=0, closed="neither"),
+    batch_size=val.Integer(low=1),
+    max_length=val.Integer(low=1),
+    progress=val.Bool(),
+    rank_mode=val.Options(RANK_MODES),
+    skip_first=[val.Bool(), val.NoneValue()],
+    final_norm=val.Bool(),
+    device=[_DEVICE, val.NoneValue()],
+    dtype=[val.Options(DTYPES), val.NoneValue()],
+    device_map=[val.Options(DEVICE_MAPS), _DEVICE_MAP, val.NoneValue()],
 )
 def profile(
     source: str | os.PathLike[str] | nn.Module,
@@ -237,7 +226,7 @@ def profile(
     """
     budget = check_budget("profile", "budget", budget)
     if rank_max is not None:
-        check("profile", "rank_max", rank_max, Integer(low=rank_min), NoneValue())
+        val.check("profile", "rank_max", rank_max, val.Integer(low=rank_min), val.NoneValue())
     if rank_mode == "noise-aware" and bootstrap < MIN_RESAMPLES:
         raise ValueError(
             f"profile: bootstrap must be an int >= {MIN_RESAMPLES} with rank_mode="

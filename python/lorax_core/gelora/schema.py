@@ -36,27 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lorax_core import _validation as val
 from lorax_core._atomic import atomic_write
 from lorax_core._format import DocumentFormat
-from lorax_core._validation import (
-    Constraint,
-    Instance,
-    Integer,
-    NoneValue,
-    Options,
-    Real,
-    Satisfies,
-    check,
-    describe,
-)
 from lorax_core.gelora.modules import block_of
 from lorax_core.gelora.rule import RULE_FIELDS, block_ranks
 from lorax_core.gelora.stability import (
     MIN_RESAMPLES,
     RANK_MODES,
+    RESAMPLE_FIELDS,
     increases_for,
     mean_stability,
-    stability_of,
+    resample_fields,
 )
 
 if TYPE_CHECKING:
@@ -79,9 +70,9 @@ PLAN_VERSION = PLAN_DOCUMENT.version
 
 _FIELDS = ("model", "estimator", "capture", "rule", "layers", "modules", "num_parameters")
 _FIELDS_V2 = (*_FIELDS, "stability")
-_POSITIVE_INT = Integer(low=1)
-_POSITIVE = Real(low=0, closed="neither")
-_OBJECT = Instance(dict, "an object")
+_POSITIVE_INT = val.Integer(low=1)
+_POSITIVE = val.Real(low=0, closed="neither")
+_OBJECT = val.Instance(dict, "an object")
 
 
 def plan_to_dict(plan: RankPlan) -> dict[str, Any]:
@@ -165,15 +156,17 @@ def read_plan(path: str | os.PathLike[str]) -> RankPlan:
     return plan_from_dict(doc, str(p))
 
 
-def _check(where: str, field: str, value: Any, *constraints: Constraint) -> Any:
+def _check(where: str, field: str, value: Any, *constraints: val.Constraint) -> Any:
     """``value`` checked against ``constraints``; every fault is a ``ValueError``."""
     try:
-        return check(where, field, value, *constraints)
+        return val.check(where, field, value, *constraints)
     except TypeError as err:
         raise ValueError(str(err)) from None
 
 
-def _get(doc: Mapping[str, Any], key: str, where: str, path: str, *constraints: Constraint) -> Any:
+def _get(
+    doc: Mapping[str, Any], key: str, where: str, path: str, *constraints: val.Constraint
+) -> Any:
     """``doc[key]`` checked against ``constraints`` (see :func:`_check`), or missing."""
     if key not in doc:
         raise ValueError(f"{where}: {path}{key} is missing")
@@ -181,7 +174,7 @@ def _get(doc: Mapping[str, Any], key: str, where: str, path: str, *constraints: 
 
 
 def _fault(where: str, field: str, rule: str, value: Any) -> ValueError:
-    return ValueError(f"{where}: {field} must be {rule}, got {describe(value)}")
+    return ValueError(f"{where}: {field} must be {rule}, got {val.describe(value)}")
 
 
 def _only(where: str, field: str, doc: Mapping[str, Any], keys: tuple[str, ...]) -> None:
@@ -199,12 +192,11 @@ def _json_value(value: Any) -> bool:
         return False
 
 
-_FREE_FORM = Satisfies(dict, _json_value, "a JSON object")
+_FREE_FORM = val.Satisfies(dict, _json_value, "a JSON object")
 _LAYER_FIELDS = ("index", "dimension", "ci", "rank", "alpha")
-_RESAMPLE_FIELDS = ("resamples", "delta_ci", "rank_range", "rank_stability")
 _MODULE_FIELDS = ("block", "rank", "alpha", "in_features", "out_features")
-_CI = Instance(list, "null or two numbers [lo, hi] with lo <= hi")
-_LIST = Instance(list, "a list")
+_CI = val.Instance(list, "null or two numbers [lo, hi] with lo <= hi")
+_LIST = val.Instance(list, "a list")
 
 
 def _same_alpha(a: float, b: float) -> bool:
@@ -236,31 +228,29 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
         raise ValueError(f"{where}: stability is missing")
     rule = _get(doc, "rule", where, "", _OBJECT)
     _only(where, "rule", rule, RULE_FIELDS[:-1] if v1 else RULE_FIELDS)
-    c = _get(rule, "c", where, "rule.", Real(low=0))
-    offset = _get(rule, "offset", where, "rule.", Integer())
+    c = _get(rule, "c", where, "rule.", val.Real(low=0))
+    offset = _get(rule, "offset", where, "rule.", val.Integer())
     rank_min = _get(rule, "rank_min", where, "rule.", _POSITIVE_INT)
-    rank_max = _get(rule, "rank_max", where, "rule.", Integer(low=rank_min), NoneValue())
+    rank_max = _get(rule, "rank_max", where, "rule.", val.Integer(low=rank_min), val.NoneValue())
     alpha_over_r = _get(rule, "alpha_over_r", where, "rule.", _POSITIVE)
-    budget = _get(rule, "budget", where, "rule.", _POSITIVE_INT, NoneValue())
-    rank_mode = "plain" if v1 else _get(rule, "rank_mode", where, "rule.", Options(RANK_MODES))
+    budget = _get(rule, "budget", where, "rule.", _POSITIVE_INT, val.NoneValue())
+    rank_mode = "plain" if v1 else _get(rule, "rank_mode", where, "rule.", val.Options(RANK_MODES))
 
-    layers_doc = _get(doc, "layers", where, "", Instance(list, "a list"))
+    layers_doc = _get(doc, "layers", where, "", val.Instance(list, "a list"))
     if len(layers_doc) < 2:
         raise _fault(where, "layers", "a list of at least two layers", layers_doc)
     entries: list[tuple[float, tuple[float, float] | None]] = []
     for i, item in enumerate(layers_doc):
         at = f"layers[{i}]."
         _check(where, f"layers[{i}]", item, _OBJECT)
-        _only(
-            where, f"layers[{i}]", item, _LAYER_FIELDS if v1 else _LAYER_FIELDS + _RESAMPLE_FIELDS
-        )
-        _get(item, "index", where, at, Integer(low=i, high=i))
-        dimension = _get(item, "dimension", where, at, Real())
-        ci = _get(item, "ci", where, at, _CI, NoneValue())
+        _only(where, f"layers[{i}]", item, _LAYER_FIELDS if v1 else _LAYER_FIELDS + RESAMPLE_FIELDS)
+        _get(item, "index", where, at, val.Integer(low=i, high=i))
+        dimension = _get(item, "dimension", where, at, val.Real())
+        ci = _get(item, "ci", where, at, _CI, val.NoneValue())
         if ci is not None:
             if len(ci) != 2:
                 raise _fault(where, f"{at}ci", _CI.rule, ci)
-            lo, hi = (_check(where, f"{at}ci[{j}]", v, Real()) for j, v in enumerate(ci))
+            lo, hi = (_check(where, f"{at}ci[{j}]", v, val.Real()) for j, v in enumerate(ci))
             if lo > hi:
                 raise _fault(where, f"{at}ci", _CI.rule, ci)
             ci = (lo, hi)
@@ -279,8 +269,8 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     for i, (dimension, ci) in enumerate(entries):
         at, item = f"layers[{i}].", layers_doc[i]
         if i == 0:
-            _get(item, "rank", where, at, NoneValue())
-            _get(item, "alpha", where, at, NoneValue())
+            _get(item, "rank", where, at, val.NoneValue())
+            _get(item, "alpha", where, at, val.NoneValue())
             layers.append(LayerProfile(index=0, dimension=dimension, ci=ci))
             continue
         rank = _get(item, "rank", where, at, _POSITIVE_INT)
@@ -301,7 +291,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
     if not v1:
         rule_of = (c, offset, rank_min, rank_max)
         layers = _with_stability(where, layers_doc, layers, draws, rank_mode, rule_of)
-        stability = _get(doc, "stability", where, "", Real(low=0, high=1), NoneValue())
+        stability = _get(doc, "stability", where, "", val.Real(low=0, high=1), val.NoneValue())
         expected_stability = mean_stability([layer.rank_stability for layer in layers[1:]])
         if stability != expected_stability:
             shown = "null without resamples" if expected_stability is None else expected_stability
@@ -314,7 +304,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
         at = f"modules[{name!r}]."
         _check(where, f"modules[{name!r}]", item, _OBJECT)
         _only(where, f"modules[{name!r}]", item, _MODULE_FIELDS)
-        block = _get(item, "block", where, at, Integer(low=1, high=len(layers) - 1))
+        block = _get(item, "block", where, at, val.Integer(low=1, high=len(layers) - 1))
         named = block_of(name)
         if named != block:
             said = "no block" if named is None else f"block {named}"
@@ -343,7 +333,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
         estimator=_get(doc, "estimator", where, "", _FREE_FORM),
         capture=_get(doc, "capture", where, "", _FREE_FORM),
     )
-    total = _get(doc, "num_parameters", where, "", Integer(low=0))
+    total = _get(doc, "num_parameters", where, "", val.Integer(low=0))
     if total != plan.num_parameters:
         raise _fault(
             where, "num_parameters", f"{plan.num_parameters}, the sum over the modules", total
@@ -359,7 +349,7 @@ def plan_from_dict(doc: Any, where: str = "plan") -> RankPlan:
 def _resamples(where: str, layers_doc: list[Any]) -> Any:
     """The ``[B, L + 1]`` resample IDs of a version-2 document's layers, or None."""
     columns = [
-        _get(item, "resamples", where, f"layers[{i}].", _LIST, NoneValue())
+        _get(item, "resamples", where, f"layers[{i}].", _LIST, val.NoneValue())
         for i, item in enumerate(layers_doc)
     ]
     if all(c is None for c in columns):
@@ -369,7 +359,7 @@ def _resamples(where: str, layers_doc: list[Any]) -> Any:
         if column is None or len(column) != len(columns[0]) or len(column) < MIN_RESAMPLES:
             raise _fault(where, f"layers[{i}].resamples", rule, column)
         for j, v in enumerate(column):
-            _check(where, f"layers[{i}].resamples[{j}]", v, Real())
+            _check(where, f"layers[{i}].resamples[{j}]", v, val.Real())
     return np.array(columns, np.float64).T
 
 
@@ -382,22 +372,12 @@ def _with_stability(
     rule: tuple[float, int, int, int | None],
 ) -> list[Any]:
     """``layers`` with the resample fields, checked against their recomputation."""
-    summary = None
-    if draws is not None:
-        dims = [layer.dimension for layer in layers]
-        summary = stability_of(dims, draws, [layer.rank for layer in layers[1:]], rank_mode, rule)
+    dims = [layer.dimension for layer in layers]
+    ranks = [layer.rank for layer in layers[1:]]
+    fields = resample_fields(dims, draws, ranks, rank_mode, rule)
     out = []
-    for i, (item, layer) in enumerate(zip(layers_doc, layers, strict=True)):
-        expected: dict[str, Any] = dict.fromkeys(_RESAMPLE_FIELDS)
-        if draws is not None:
-            expected["resamples"] = tuple(float(v) for v in draws[:, i])
-        if summary is not None and i:
-            expected.update(
-                delta_ci=summary.delta_ci[i - 1],
-                rank_range=summary.rank_range[i - 1],
-                rank_stability=summary.rank_stability[i - 1],
-            )
-        for key in _RESAMPLE_FIELDS:
+    for i, (item, layer, expected) in enumerate(zip(layers_doc, layers, fields, strict=True)):
+        for key in RESAMPLE_FIELDS:
             if key not in item:
                 raise ValueError(f"{where}: layers[{i}].{key} is missing")
             found = item[key]

@@ -45,6 +45,7 @@ __all__ = [
     "increases_for",
     "mean_stability",
     "resample_dimensions",
+    "resample_fields",
     "stability_of",
 ]
 
@@ -173,3 +174,32 @@ def stability_of(
         rank_range=[(int(a), int(b)) for a, b in zip(lo, hi, strict=True)],
         rank_stability=[float(a) for a in agree],
     )
+
+
+#: The per-layer fields the resamples give a plan (its ``LayerProfile`` and document).
+RESAMPLE_FIELDS = ("resamples", "delta_ci", "rank_range", "rank_stability")
+
+
+def resample_fields(
+    dimensions: Sequence[float],
+    resamples: np.ndarray | None,
+    ranks: Sequence[int],
+    rank_mode: str,
+    rule: tuple[float, int, int, int | None],
+) -> list[dict[str, Any]]:
+    """Per layer h_0 … h_L, the values of :data:`RESAMPLE_FIELDS` (all None without resamples;
+    ``delta_ci``, ``rank_range``, ``rank_stability`` None for h_0); arguments as
+    :func:`stability_of`."""
+    fields: list[dict[str, Any]] = [dict.fromkeys(RESAMPLE_FIELDS) for _ in dimensions]
+    if resamples is None:
+        return fields
+    summary = stability_of(dimensions, resamples, ranks, rank_mode, rule)
+    for i, entry in enumerate(fields):
+        entry["resamples"] = tuple(float(v) for v in resamples[:, i])
+        if i:
+            entry.update(
+                delta_ci=summary.delta_ci[i - 1],
+                rank_range=summary.rank_range[i - 1],
+                rank_stability=summary.rank_stability[i - 1],
+            )
+    return fields
