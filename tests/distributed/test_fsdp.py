@@ -218,6 +218,7 @@ def test_bad_input_is_a_clear_error_not_a_hang(resumed) -> None:
     assert not (resumed / "never").exists()
 
 
+@pytest.mark.slow  # four processes: about a minute on a quiet 2-core machine
 def test_four_sharded_processes_equal_one(setup, reference, tmp_path: Path) -> None:
     spawn(_four_worker, 4, tmp_path, *setup, timeout=180)
     loaded = [_load(tmp_path, "four", rank) for rank in range(4)]
