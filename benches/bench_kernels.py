@@ -152,8 +152,9 @@ def _importance_row(
     }
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    """One markdown table over the union of the rows' keys."""
+def report(rows: list[dict[str, Any]], json_path: str | None) -> None:
+    """Prints the rows as one markdown table (over the union of their keys) and, with a path,
+    writes them (atomically) as a JSON list."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
@@ -162,6 +163,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |")
+    if json_path:
+        atomic_write_bytes(json_path, json.dumps(rows, indent=1).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"bench_kernels: {torch.cuda.get_device_name()}")
         rows = gpu_benches(args.repeats)
-    print_table(rows)
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
+    report(rows, args.json)
     return 0
 
 

@@ -12,18 +12,16 @@ Usage: ``python benches/bench_knn_gpu.py [--sizes 50000,1000000] [--json PATH]``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench_kernels import print_table
+from bench_kernels import report
 from harness import cuda_sync, timed
 from lorax_core import _core
 from lorax_core import id as lid
-from lorax_core._atomic import atomic_write_bytes
 from lorax_core.kernels import knn as gknn
 
 D, INTRINSIC, K = 768, 20, 20
@@ -77,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"bench_knn_gpu: {torch.cuda.get_device_name()}")
     rows = [bench(int(n)) for n in args.sizes.split(",")]
-    print_table(rows)
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(rows, indent=1).encode())
+    report(rows, args.json)
     return 0
 
 

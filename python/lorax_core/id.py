@@ -33,17 +33,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
 from lorax_core import _core
-from lorax_core._validation import (
-    Bool,
-    Constraint,
-    Integer,
-    NoneValue,
-    Options,
-    Real,
-    Satisfies,
-    check,
-    check_options,
-)
+from lorax_core._validation import Bool, Constraint, Integer, Options, Real, Satisfies, check
 
 __all__ = ["MLE", "IDResult", "TwoNN", "estimate_layers", "mle", "nearest_neighbors", "twonn"]
 
@@ -127,8 +117,11 @@ _SHARED_CHECKS: dict[str, tuple[Constraint, ...]] = {
     "scales": (Bool(),),
     "duplicate_tol": (Real(low=0.0),),
     "device": (
-        NoneValue(),
-        Satisfies((str, torch.device), _is_device, "a torch device such as 'cpu' or 'cuda'"),
+        Satisfies(
+            (str, torch.device, type(None)),
+            lambda d: d is None or _is_device(d),
+            "None or a torch device such as 'cpu' or 'cuda'",
+        ),
     ),
 }
 
@@ -319,7 +312,8 @@ def estimate_layers(
     """
     if isinstance(arrays, (np.ndarray, torch.Tensor)) or not isinstance(arrays, Sequence):
         raise TypeError("arrays must be a sequence (list or tuple) of 2-D arrays, one per layer")
-    kind = _ESTIMATORS[check_options("estimate_layers", "estimator", estimator, _ESTIMATORS)]
+    names = Options(tuple(_ESTIMATORS))
+    kind = _ESTIMATORS[check("estimate_layers", "estimator", estimator, names)]
     est = kind(device=device, **params)
     est._check_params()
     engines = [_engine_device("estimate_layers", device, a) for a in arrays]

@@ -24,27 +24,12 @@ import torch
 from lorax_core import kernels
 from lorax_core._validation import Real, check
 from lorax_core.adapters import SVDLinear
+from lorax_core.kernels import importance_update_ as update_importance_
 
 __all__ = ["ImportanceScores", "rank_scores", "update_importance_"]
 
 # (parameter name, dimension of its rank axis)
 RANK_AXES: tuple[tuple[str, int], ...] = (("lora_A", 0), ("lora_E", 0), ("lora_B", 1))
-
-
-def update_importance_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    ipt: list[torch.Tensor],
-    unc: list[torch.Tensor],
-    beta1: float,
-    beta2: float,
-) -> None:
-    """In place: ``ipt ← β1 ipt + (1 − β1)|p ⊙ g|``, ``unc ← β2 unc + (1 − β2)|I − ipt|``.
-
-    All four are parallel lists of same-shape tensors on one device (any float dtype); the
-    fused kernel on CUDA, the ``torch._foreach`` reference elsewhere.
-    """
-    kernels.importance_update_(params, grads, ipt, unc, beta1, beta2)
 
 
 def rank_scores(

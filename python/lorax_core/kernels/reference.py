@@ -14,14 +14,12 @@ from torch.nn.functional import linear
 __all__ = ["dora_row_norm", "importance_update_", "rank_scores_"]
 
 
+Tensors = Sequence[torch.Tensor]
+
+
 @torch.no_grad()
 def importance_update_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    ipt: Sequence[torch.Tensor],
-    unc: Sequence[torch.Tensor],
-    beta1: float,
-    beta2: float,
+    params: Tensors, grads: Tensors, ipt: Tensors, unc: Tensors, beta1: float, beta2: float
 ) -> None:
     """In place: ``ipt ← β1 ipt + (1 − β1)|p ⊙ g|``, ``unc ← β2 unc + (1 − β2)|I − ipt|``.
 
