@@ -179,3 +179,17 @@ def test_device_map_and_dtype_place_the_checkpoint(tiny_llama: Path, paragraphs)
     assert half.plan.capture["dtype"] == "bfloat16"
     for a, b in zip(half.ids, plain.ids, strict=True):
         assert a.dimension == pytest.approx(b.dimension, rel=0.15)  # bfloat16 rounding only
+
+
+def test_the_id_stage_follows_the_models_cuda_device() -> None:
+    """The estimates (and joint resamples) run on the model's CUDA device, else on the host;
+    a CUDA model defaults to bfloat16 weights."""
+    from lorax_core.gelora.profiler import _Placement
+
+    on_gpu = _Placement("cuda:1", None, None)
+    assert on_gpu.id_device == "cuda:1" and on_gpu.torch_dtype == torch.bfloat16
+    assert _Placement("cuda", "float32", None).torch_dtype == torch.float32
+    on_cpu = _Placement("cpu", None, None)
+    assert on_cpu.id_device is None and on_cpu.torch_dtype == torch.float32
+    mapped = _Placement(None, None, "auto")
+    assert mapped.id_device == ("cuda" if torch.cuda.is_available() else None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -326,12 +325,8 @@ class _Placement:
 
 
 def _id_device(device: str | None) -> dict[str, Any]:
-    """``{"device": device}`` if the ID estimators take one and a device is set, else {}."""
-    from lorax_core.id import estimate_layers
-
-    if device is None or "device" not in inspect.signature(estimate_layers).parameters:
-        return {}
-    return {"device": device}
+    """The ID estimators' ``device`` argument: the model's CUDA device, or none (the host)."""
+    return {} if device is None else {"device": device}
 
 
 @dataclass(frozen=True)
