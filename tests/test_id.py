@@ -307,3 +307,16 @@ def test_cuda_device_without_cuda_is_a_clear_error() -> None:
         lid.TwoNN(device="cuda").fit(X)
     with pytest.raises(ValueError, match=r"estimate_layers: device must be an available device"):
         lid.estimate_layers([X], device="cuda:0")
+
+
+def test_device_engine_equals_the_host_engine_and_resampling_stays_on_the_host() -> None:
+    # The device path of fit, run on CPU tensors (the GPU tests run it on CUDA).
+    X = embedded_gaussian(600, 5, 12, seed=8)
+    for est in (lid.TwoNN(), lid.MLE(k=8)):
+        want = est.fit(X).dimension_
+        got = lid._estimate_on_device(est, torch.from_numpy(X), torch.device("cpu"))
+        assert abs(got.dimension - want) <= 1e-9 * want
+    est = lid.TwoNN(bootstrap=8, scales=True, random_state=2)
+    host = est.fit(X)
+    got = lid._estimate_on_device(est, X, torch.device("cpu"))
+    assert (got.dimension, got.ci, got.scales) == (host.dimension_, host.ci_, host.scales_)

@@ -137,7 +137,8 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
     torch tensor ``X`` on a GPU and the Rust engine on the host for anything else; ``"cpu"``
     always uses the Rust engine; ``"cuda"`` (or ``"cuda:i"``) moves ``X`` there and runs the
     chunked exact kNN of :mod:`lorax_core.kernels.knn` (same neighbours and estimates as the
-    Rust engine, see docs/kernels.md).
+    Rust engine, see docs/kernels.md). Estimates with ``bootstrap > 0`` or ``scales=True`` run
+    on the host engine whatever the device (its generator draws the resamples).
     """
 
     _checks: ClassVar[dict[str, tuple[Constraint, ...]]]
@@ -276,11 +277,19 @@ def _engine_device(function: str, device: object, X: object) -> torch.device | N
 
 
 def _estimate_on_device(est: _IDEstimator, X: object, device: torch.device) -> IDResult:
-    """The estimate of ``est`` with the neighbours searched on ``device``."""
+    """The estimate of ``est`` with the neighbours searched on ``device``.
+
+    Bootstrap intervals and scales are drawn by the Rust engine's generator from the points, so
+    an estimate with ``bootstrap > 0`` or ``scales=True`` runs on the host engine (the same
+    result as ``device="cpu"``); the others (e.g. GeLoRA's joint resamples) run on ``device``.
+    """
     from lorax_core.kernels.knn import estimate_id
 
+    options = est._options()
+    if options.bootstrap > 0 or options.scales:
+        return IDResult.of(_core.estimate_id(as_points(X), est._settings(), options))
     points = X if isinstance(X, torch.Tensor) else torch.from_numpy(as_points(X))
-    return estimate_id(points.to(device), est._settings(), est._options())
+    return estimate_id(points.to(device), est._settings(), options)
 
 
 _ESTIMATORS: dict[str, type[_IDEstimator]] = {"twonn": TwoNN, "mle": MLE}
