@@ -26,7 +26,7 @@ tests_s=$((SECONDS - start - build_s))
 
 echo "== benchmarks"
 timeout 150 python benches/bench_kernels.py --repeats 20 --json "$out/kernels.json" || true
-timeout 150 python benches/bench_knn_gpu.py --json "$out/knn.json" || true
+timeout 240 python benches/bench_knn_gpu.py --json "$out/knn.json" || true
 
 python - "$out" "$build_s" "$tests_s" "$tests_rc" "$((SECONDS - start))" <<'PY'
 import json, pathlib, sys

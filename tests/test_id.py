@@ -320,3 +320,13 @@ def test_device_engine_equals_the_host_engine_and_resampling_stays_on_the_host()
     host = est.fit(X)
     got = lid._estimate_on_device(est, X, torch.device("cpu"))
     assert (got.dimension, got.ci, got.scales) == (host.dimension_, host.ci_, host.scales_)
+
+
+def test_tensors_bound_for_a_device_stay_tensors() -> None:
+    X = torch.from_numpy(embedded_gaussian(300, 4, 9, seed=5))
+    est = lid.MLE(k=6)
+    got = est._estimate(X, torch.device("cpu"))  # the device path, on CPU tensors
+    assert est.n_features_in_ == 9
+    assert abs(got.dimension - lid.MLE(k=6).fit(X).dimension_) <= 1e-9 * got.dimension
+    with pytest.raises(ValueError, match=r"MLE.fit: X must be 2-D"):
+        est._estimate(X[None], torch.device("cpu"))

@@ -175,14 +175,7 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
         ignored. Returns ``self``.
         """
         self._check_params()
-        device = _engine_device(f"{type(self).__name__}.fit", self.device, X)
-        if isinstance(X, torch.Tensor):
-            X = X.detach() if device is not None else as_points(X)
-        if device is None:
-            points = as_points(validate_data(self, X))
-            r = IDResult.of(_core.estimate_id(points, self._settings(), self._options()))
-        else:
-            r = _estimate_on_device(self, validate_data(self, X), device)
+        r = self._estimate(X, _engine_device(f"{type(self).__name__}.fit", self.device, X))
         self.dimension_ = r.dimension
         self.n_duplicates_ = r.n_duplicates
         self.n_samples_ = r.n_samples
@@ -191,6 +184,23 @@ class _IDEstimator(BaseEstimator, abc.ABC):  # type: ignore[misc]
         if r.scales is not None:
             self.scales_ = r.scales
         return self
+
+    def _estimate(self, X: ArrayLike2D, device: torch.device | None) -> IDResult:
+        """The estimate on the host engine (``device=None``) or with the neighbours searched on
+        ``device``; sets ``n_features_in_``. A torch tensor bound for a device stays a tensor
+        (it is not copied through the host)."""
+        if device is None:
+            points = as_points(validate_data(self, as_points(X) if torch.is_tensor(X) else X))
+            return IDResult.of(_core.estimate_id(points, self._settings(), self._options()))
+        if isinstance(X, torch.Tensor):
+            if X.dim() != 2:
+                raise ValueError(
+                    f"{type(self).__name__}.fit: X must be 2-D (n_samples, n_features), got "
+                    f"shape {tuple(X.shape)}"
+                )
+            self.n_features_in_ = X.shape[1]
+            return _estimate_on_device(self, X.detach(), device)
+        return _estimate_on_device(self, validate_data(self, X), device)
 
     def fit_transform(self, X: ArrayLike2D, y: object = None) -> float:
         """Fits and returns ``dimension_`` (as scikit-dimension's global estimators do)."""
