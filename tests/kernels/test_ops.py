@@ -164,7 +164,9 @@ def test_importance_kernel_matches_the_reference(dtype, kind, strided) -> None: 
         torch.testing.assert_close(b.double(), rb.to(dtype).double(), **tol)
     want_scores = torch.empty(total, dtype=torch.float32, device="cuda")
     reference.rank_scores_(ipt, unc, dims, offsets, want_scores)
-    torch.testing.assert_close(scores, want_scores, rtol=1e-5, atol=1e-30)
+    torch.testing.assert_close(
+        scores, want_scores, rtol=1e-4, atol=1e-30
+    )  # float32 atomics over up to 4 099 terms
 
 
 @pytest.mark.cuda
@@ -188,7 +190,7 @@ def test_importance_kernel_over_a_real_allocator_matches_the_torch_path(monkeypa
     plain.update()
     assert not plain._fresh
     for got, want in zip(fused.rank_scores(), plain.rank_scores(), strict=True):
-        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-12)
 
 
 @pytest.mark.cuda
@@ -205,7 +207,7 @@ def test_dora_kernel_matches_the_dense_norm(dtype, r, out, inp) -> None:  # type
     B = torch.randn(out, r, generator=gen).cuda()
     got = torch.ops.lorax_core.dora_row_norm(W, A, B, 0.5)
     dense = torch.linalg.vector_norm(W.double() + 0.5 * (B.double() @ A.double()), dim=1)
-    torch.testing.assert_close(got.double(), dense, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(got.double(), dense, rtol=1e-4, atol=1e-6)
     assert got.dtype == torch.float32
 
 
