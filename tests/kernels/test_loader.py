@@ -114,3 +114,13 @@ def test_compiled_library_registers_the_cuda_kernels() -> None:
     torch.ops.load_library(str(_built_library()))
     for op in ("importance_update_", "dora_row_norm"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lorax_core::{op}", "CUDA")
+
+
+def test_any_build_error_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(verbose: bool = False) -> Path:
+        raise OSError("read-only cache folder")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_loader, "build", broken)
+    with pytest.warns(RuntimeWarning, match="read-only cache folder"):
+        assert kernels.load() is False

@@ -177,7 +177,7 @@ def load() -> bool:
             try:
                 build()
                 _state["loaded"] = True
-            except RuntimeError as e:
+            except Exception as e:  # any failure to build or load means the torch path
                 _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     return bool(_state["loaded"])
 
