@@ -5,8 +5,8 @@ ops so it runs where the hidden states are (a GPU, or the CPU for tests):
 
 1. scale the points by the power of two that brings ``max |x|`` into ``[0.5, 1)`` (exact), centre
    them in float64 and round the centred points to float32;
-2. per chunk of rows, squared distances to every point by one float32 GEMM (TF32 off), the self
-   distance set to ``+inf``, and the ``k + 10`` smallest kept as candidates;
+2. squared distances by float32 GEMMs (TF32 off) in a symmetric sweep over chunks of rows (each
+   pair computed once), the self distance ``+inf``, the ``k + 10`` smallest kept per row;
 3. the candidates re-ranked by their exact float64 squared distance ``Σ (x_i s − x_j s)²``,
    ties by index;
 4. a row is *proven* when its ``k``-th exact distance lies below the smallest float32 value left
@@ -34,8 +34,8 @@ __all__ = ["EXTRA", "estimate_id", "knn", "local_statistics", "unit_scale"]
 
 # Extra float32 candidates kept per row beyond k (as the Rust engine).
 EXTRA = 10
-# Elements of the float32 distance block of one chunk (rows × n): 2^28 floats = 1 GiB.
-_BLOCK_ELEMENTS = 1 << 28
+# Elements of the float32 distance block of one chunk (rows × n): 2^29 floats = 2 GiB.
+_BLOCK_ELEMENTS = 1 << 29
 # Elements of one float64 gather (rows × candidates × D) when re-ranking: 2^25 = 256 MiB.
 _GATHER_ELEMENTS = 1 << 25
 
@@ -95,7 +95,7 @@ def knn(
     Returns ``(distances, indices)``, both (n, k) on ``x``'s device: float64 Euclidean distances
     (ascending) and int64 row indices. Distances are in the units of ``x``, or of ``x·scale``
     when a power of two ``scale`` is given (the search itself always runs on
-    ``x·unit_scale(x)``). ``chunk_rows`` bounds the rows per GEMM (default: a 1 GiB block).
+    ``x·unit_scale(x)``). ``chunk_rows`` bounds the rows per GEMM (default: a 2 GiB block).
     """
     if x.dim() != 2:
         raise ValueError(f"knn: x must be 2-D (n_samples, n_features), got shape {tuple(x.shape)}")
@@ -113,30 +113,72 @@ def knn(
     norm_max = float(sq.max().sqrt())
     gamma = (d + 8) * float(torch.finfo(torch.float32).eps)
     cap = min(k + EXTRA, n - 1)
-    rows_per_chunk = chunk_rows or max(1, min(n, _BLOCK_ELEMENTS // n))
+    values, cand = _candidates(centred, sq, cap, chunk_rows or max(1, _BLOCK_ELEMENTS // n))
     dist = torch.empty((n, k), dtype=torch.float64, device=x.device)
     ind = torch.empty((n, k), dtype=torch.int64, device=x.device)
     unproven: list[torch.Tensor] = []
-    with exact_float32_matmul():
-        for s in range(0, n, rows_per_chunk):
-            e = min(n, s + rows_per_chunk)
-            rows = torch.arange(s, e, device=x.device)
-            block = torch.addmm(sq, centred[s:e], centred.t(), beta=1.0, alpha=-2.0)
-            block += sq[s:e, None]
-            block[torch.arange(e - s, device=x.device), rows] = torch.inf
-            values, cand = torch.topk(block, cap, dim=1, largest=False, sorted=True)
-            del block
-            d2, cand = _sort_pairs(_exact_d2(xs, rows, cand), cand)
-            if cap < n - 1:
-                r = sq[s:e].double().sqrt() + norm_max
-                proven = d2[:, k - 1] < values[:, -1].double() - gamma * r * r
-                unproven.append(rows[~proven])
-            dist[s:e], ind[s:e] = d2[:, :k], cand[:, :k]
+    step = max(1, _GATHER_ELEMENTS // (cap * d))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        rows = torch.arange(s, e, device=x.device)
+        d2, best = _sort_pairs(_exact_d2(xs, rows, cand[s:e]), cand[s:e])
+        if cap < n - 1:
+            r = sq[s:e].double().sqrt() + norm_max
+            proven = d2[:, k - 1] < values[s:e, -1].double() - gamma * r * r
+            unproven.append(rows[~proven])
+        dist[s:e], ind[s:e] = d2[:, :k], best[:, :k]
     if unproven and (missing := torch.cat(unproven)).numel():
         _exhaustive(xs, missing, k, dist, ind)
     dist.sqrt_()
     dist *= (1.0 if scale is None else scale) / unit  # exact: powers of two
     return dist, ind
+
+
+def _candidates(
+    centred: torch.Tensor, sq: torch.Tensor, cap: int, rows_per_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``cap`` smallest float32 squared distances of every row (self excluded), ascending,
+    and their indices: (n, cap) each.
+
+    Symmetric sweep: chunk ``[s, e)`` computes its distances to the points ``[s, n)`` only (one
+    GEMM, TF32 off), keeps its rows' ``cap`` smallest and hands every later point the ``cap``
+    smallest of its column, merged into that point's running list; the pairs before ``s`` came
+    from earlier chunks' columns. About half the GEMM work of a full sweep.
+    """
+    n = centred.shape[0]
+    device = centred.device
+    values = torch.full((n, cap), torch.inf, dtype=torch.float32, device=device)
+    index = torch.full((n, cap), -1, dtype=torch.int64, device=device)
+    with exact_float32_matmul():
+        for s in range(0, n, rows_per_chunk):
+            e = min(n, s + rows_per_chunk)
+            block = torch.addmm(sq[s:], centred[s:e], centred[s:].t(), beta=1.0, alpha=-2.0)
+            block += sq[s:e, None]
+            diagonal = torch.arange(e - s, device=device)
+            block[diagonal, diagonal] = torch.inf
+            v, i = torch.topk(block, min(cap, n - s), dim=1, largest=False)
+            _merge(values, index, s, e, v, i + s)
+            if e < n:
+                v, i = torch.topk(block[:, e - s :], min(cap, e - s), dim=0, largest=False)
+                _merge(values, index, e, n, v.t(), i.t() + s)
+    return values, index
+
+
+def _merge(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    start: int,
+    stop: int,
+    new_values: torch.Tensor,
+    new_index: torch.Tensor,
+) -> None:
+    """Rows ``[start, stop)`` of the running lists keep their ``cap`` smallest of old and new."""
+    cap = values.shape[1]
+    both = torch.cat([values[start:stop], new_values], dim=1)
+    both_index = torch.cat([index[start:stop], new_index], dim=1)
+    kept, pos = torch.topk(both, cap, dim=1, largest=False, sorted=True)
+    values[start:stop] = kept
+    index[start:stop] = both_index.gather(1, pos)
 
 
 def _exhaustive(
