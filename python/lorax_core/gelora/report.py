@@ -177,15 +177,15 @@ def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
             )
             share.set_ylim(0, 1.05)
             share.set_ylabel("share of resamples with r_i")
-            share.legend(loc="upper right", fontsize="small")
+            share.legend(loc="lower right", fontsize="small")
             ranks_ax.set_title(f"plan stability {plan.stability:.0%}", fontsize="medium")
         ranks_ax.legend(loc="upper left", fontsize="small")
         ranks_ax.set_xlabel("hidden state h_i (0 = embeddings)")
         ranks_ax.xaxis.set_major_locator(MultipleLocator(step))
         ranks_ax.xaxis.set_minor_locator(MultipleLocator(1))
         ranks_ax.set_xlim(min(index) - 0.6, max(index) + 0.6)
-        name = plan.model.get("name") or plan.model.get("class") or ""
-        ax.set_title(f"GeLoRA profile {name}".strip())
+        name = str(plan.model.get("name") or plan.model.get("class") or "")
+        ax.set_title(f"GeLoRA profile {Path(name).name}".strip())  # a folder: its name only
         fig.tight_layout()
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     finally:
