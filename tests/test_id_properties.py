@@ -1,8 +1,10 @@
-"""Hypothesis properties of the ID estimators: invariances and linear subspaces."""
+"""Hypothesis properties of the ID estimators: invariances, linear subspaces, and the device
+engine against the host engine."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,3 +57,21 @@ def test_linear_subspace_estimates_its_dimension(X: np.ndarray) -> None:
     two, ml = _both(X)
     assert abs(two - d) <= 0.25 * d + 0.35, (two, d)
     assert abs(ml - d) <= 0.25 * d + 0.35, (ml, d)
+
+
+@given(
+    X=data,
+    k=st.integers(2, 12),
+    duplicates=st.integers(0, 5),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_device_engine_equals_the_host_engine(
+    X: np.ndarray, k: int, duplicates: int, dtype: type
+) -> None:
+    # The chunked torch engine of the device path, run on CPU tensors, against the Rust engine.
+    X = np.vstack([X, X[:duplicates]]).astype(dtype)
+    for est in (lid.TwoNN(), lid.MLE(k=k)):
+        want = est.fit(X)
+        got = est._estimate(torch.from_numpy(X), torch.device("cpu"))
+        assert got.n_duplicates == want.n_duplicates_
+        assert abs(got.dimension - want.dimension_) <= 1e-9 * want.dimension_
