@@ -7,8 +7,9 @@ wrapper it reports, per process (median over processes):
 
 - the bytes of parameters, gradients and optimizer state held by the process (local shards
   under FSDP2, whole tensors under DDP) — what shrinks with sharding;
-- the resident set size after the training steps and its peak (``ru_maxrss``; includes
-  loading the whole model once before sharding, and the Python/torch runtime);
+- the resident set size after the training steps (freed heap pages returned first) and its
+  peak (``ru_maxrss``; includes loading the whole model once before sharding, and the
+  Python/torch runtime, about 0.5 GB);
 - the median time of an ElaLoRA allocation step (``ElaLoRA.step`` on a step that reallocates:
   scores assembled, rank 0 decides, the decision broadcast and applied to every shard and AdamW
   moment) and of a plain training step.
@@ -20,6 +21,8 @@ Run: ``HF_HUB_OFFLINE=1 nice -n 10 python benches/bench_fsdp.py [--worlds 1 2 4]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import multiprocessing
 import os
@@ -42,6 +45,10 @@ TOKENS, BATCH = 32, 2
 
 
 def _rss_mb() -> float:
+    """Resident set size after returning freed heap pages to the system (glibc keeps the pages
+    of the whole model loaded before sharding otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm", encoding="ascii") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -33,6 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    _DTensor = None  # type: ignore[assignment, misc]
+
 __all__ = [
     "TIMEOUT_ENV",
     "assign_",
@@ -111,11 +116,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def is_sharded(tensor: object) -> bool:
     """True for a ``DTensor`` (an FSDP2 parameter, its gradient or optimizer moment)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        return False
-    return isinstance(tensor, DTensor)
+    return _DTensor is not None and isinstance(tensor, _DTensor)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
