@@ -252,13 +252,38 @@ fn candidates(c: &Centred, n: usize, cap: usize) -> Vec<TopK> {
         .collect()
 }
 
+/// Independent partial sums of [`exact_d2`]: term `j` goes to sum `j % LANES_64`.
+const LANES_64: usize = 8;
+
 /// Exact float64 squared distance between rows `a` and `b` of `x·scale`.
+///
+/// The terms are summed in [`LANES_64`] interleaved partial sums (then added in order), which
+/// breaks the chain of dependent additions; the order is fixed, so the result does not depend
+/// on the memory layout.
 #[inline]
 fn exact_d2<T: Real>(x: &MatRef<'_, T>, a: usize, b: usize, scale: f64) -> f64 {
-    scaled_row(x, a, scale)
-        .zip(scaled_row(x, b, scale))
-        .map(|(u, v)| (u - v) * (u - v))
-        .sum()
+    let mut acc = [0.0f64; LANES_64];
+    let term = |u: T, v: T| {
+        let d = u.to_f64() * scale - v.to_f64() * scale;
+        d * d
+    };
+    if let (Some(ra), Some(rb)) = (x.row_slice(a), x.row_slice(b)) {
+        let (ca, cb) = (ra.chunks_exact(LANES_64), rb.chunks_exact(LANES_64));
+        let (ta, tb) = (ca.remainder(), cb.remainder());
+        for (p, q) in ca.zip(cb) {
+            for l in 0..LANES_64 {
+                acc[l] += term(p[l], q[l]);
+            }
+        }
+        for (l, (&u, &v)) in ta.iter().zip(tb).enumerate() {
+            acc[l] += term(u, v);
+        }
+    } else {
+        for j in 0..x.ncols() {
+            acc[j % LANES_64] += term(x.get(a, j), x.get(b, j));
+        }
+    }
+    acc.iter().sum()
 }
 
 /// Sorts `(d², index)` pairs ascending with ties by index.

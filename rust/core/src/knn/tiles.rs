@@ -49,6 +49,11 @@ pub fn diagonal(c: &Centred, start: usize, len: usize, top: &mut TopK, buf: &mut
     let rows = c.rows(start, len);
     gemm_nt(rows, rows, len, len, c.d, buf);
     let sq = &c.sq[start..start + len];
+    pulp::Arch::new().dispatch(|| scan_diagonal(buf, sq, start, len, top));
+}
+
+#[inline(always)]
+fn scan_diagonal(buf: &[f32], sq: &[f32], start: usize, len: usize, top: &mut TopK) {
     for a in 0..len {
         let g = &buf[a * len..(a + 1) * len];
         for b in a + 1..len {
@@ -78,8 +83,24 @@ pub fn off_diagonal(
 ) {
     buf.resize(li * lj, 0.0);
     gemm_nt(c.rows(si, li), c.rows(sj, lj), li, lj, c.d, buf);
-    let sqi = &c.sq[si..si + li];
-    let sqj = &c.sq[sj..sj + lj];
+    let (sqi, sqj) = (&c.sq[si..si + li], &c.sq[sj..sj + lj]);
+    // The screen runs with the machine's vector instructions (AVX2/FMA where present:
+    // `pulp` compiles this closure for the detected instruction set).
+    pulp::Arch::new().dispatch(|| scan_off_diagonal(buf, sqi, sqj, si, sj, top_i, top_j));
+}
+
+/// The screen of [`off_diagonal`] over a computed tile `buf` (`li × lj`, row-major).
+#[inline(always)]
+fn scan_off_diagonal(
+    buf: &[f32],
+    sqi: &[f32],
+    sqj: &[f32],
+    si: usize,
+    sj: usize,
+    top_i: &mut TopK,
+    top_j: &mut TopK,
+) {
+    let (li, lj) = (sqi.len(), sqj.len());
     for a in 0..li {
         let g = &buf[a * lj..(a + 1) * lj];
         let s = sqi[a];

@@ -92,6 +92,13 @@ impl<'a, T: Real> MatRef<'a, T> {
         self.data[i * self.row_stride + j * self.col_stride]
     }
 
+    /// Row `i` as a contiguous slice, when rows are stored contiguously (`col_stride = 1`).
+    #[inline]
+    pub fn row_slice(&self, i: usize) -> Option<&'a [T]> {
+        let start = i * self.row_stride;
+        (self.col_stride == 1).then(|| &self.data[start..start + self.ncols])
+    }
+
     /// Iterates over row `i` as `f64` values.
     #[inline]
     pub fn row_f64(&self, i: usize) -> impl Iterator<Item = f64> + '_ {
