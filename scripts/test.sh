@@ -19,6 +19,10 @@ bash scripts/compile-kernels.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Bounded fuzzing of the four cargo-fuzz targets (every saved seed and regression replayed
+# first, then 45 s per target); installs the nightly toolchain (minimal profile) and
+# cargo-fuzz only when missing. Longer campaigns: docs/validation.md.
+bash scripts/fuzz.sh --ci --time 45
 
 ruff check python tests benches
 ruff format --check python tests benches
