@@ -1,6 +1,8 @@
 """Two real torch.distributed (gloo) processes, each with half of every global batch, end where
 one process with the whole batches ends: both levels' gradients are averaged, and the ±εv
-perturbation and its restore are identical on every process."""
+perturbation and its restore are identical on every process. Run checkpoints of the trainer
+(save_run/load_run, sharded with FSDP2 or in one process) resume the uninterrupted run bit for
+bit."""
 
 from __future__ import annotations
 
@@ -107,3 +109,112 @@ def test_two_gloo_processes_equal_one(tmp_path, sharded):
     torch.testing.assert_close(r0["retrain"], torch.tensor(history["retrain_loss"]))
     for name, value in params.items():
         torch.testing.assert_close(r0[name], value, rtol=1e-9, atol=1e-11)
+
+
+SAVE_AT = (2, STEPS + 1)  # a bi-level step, and a phase-2 step
+
+
+def _sharded_trainer() -> tuple[torch.nn.Module, object]:
+    from torch.distributed.fsdp import fully_shard
+
+    from lorax_core.training import BiDoRATrainer
+
+    model = tiny_model(0, torch.float64, random_b=True)
+    fully_shard(model.a)
+    fully_shard(model.b)
+    fully_shard(model)
+    trainer = BiDoRATrainer(
+        model,
+        tiny_loss,
+        tiny_data(48, 0, torch.float64),
+        batch_size=BATCH,
+        lr=1e-2,
+        arch_lr=1e-2,
+        head=model.head,
+        retrain_steps=RETRAIN,
+    )
+    return model, trainer
+
+
+def _result(model: torch.nn.Module, history: dict[str, list[float]]) -> dict[str, torch.Tensor]:
+    from lorax_core._distributed import full
+
+    out = {n: full(p.detach()).clone() for n, p in model.named_parameters() if p.requires_grad}
+    for key, values in history.items():
+        out[f"history.{key}"] = torch.tensor(values, dtype=torch.float64)
+    return out
+
+
+def _resume_worker(rank: int, port: int, out_dir: str) -> None:
+    from lorax_core.training.distributed import load_run, save_run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LORAX_COLLECTIVE_TIMEOUT="60")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
+    try:
+        model, trainer = _sharded_trainer()
+
+        def checkpoint(t) -> None:  # save_run on every process, mid-run
+            done = t.step_count + t.retrain_count
+            if done in SAVE_AT:
+                save_run(os.path.join(out_dir, f"run-{done}"), model, None, step=done, hook=t)
+
+        history = trainer.train(STEPS, progress=False, on_step=checkpoint)
+        save_file(_result(model, history), os.path.join(out_dir, f"full-rank{rank}.safetensors"))
+        for done in SAVE_AT:  # a fresh model and trainer, restored from the files alone
+            model, trainer = _sharded_trainer()
+            step = load_run(os.path.join(out_dir, f"run-{done}"), model, None, hook=trainer)
+            assert step == done
+            history = trainer.train(STEPS, progress=False)
+            path = os.path.join(out_dir, f"resumed-{done}-rank{rank}.safetensors")
+            save_file(_result(model, history), path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_run_checkpoint_resumes_bit_for_bit(tmp_path):
+    """Two FSDP2 processes save run checkpoints (DCP) of the trainer mid-way through each
+    phase; fresh models and trainers loaded from them finish with the losses and weights of
+    the uninterrupted run, bit for bit."""
+    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        full = load_file(str(tmp_path / f"full-rank{rank}.safetensors"))
+        assert full["history.train_loss"].numel() == STEPS
+        assert full["history.retrain_loss"].numel() == RETRAIN
+        for done in SAVE_AT:
+            resumed = load_file(str(tmp_path / f"resumed-{done}-rank{rank}.safetensors"))
+            assert resumed.keys() == full.keys()
+            for key, value in full.items():
+                assert torch.equal(resumed[key], value), (done, rank, key)
+
+
+def test_one_process_run_checkpoint_resumes_bit_for_bit(tmp_path):
+    """Without a process group, save_run/load_run with the trainer as the hook resume as the
+    sharded run does (the same state layout, whole tensors)."""
+    from lorax_core.training import BiDoRATrainer
+    from lorax_core.training.distributed import load_run, save_run
+
+    def build() -> tuple[torch.nn.Module, BiDoRATrainer]:
+        model = tiny_model(0, torch.float64, random_b=True)
+        data = tiny_data(48, 0, torch.float64)
+        trainer = BiDoRATrainer(
+            model, tiny_loss, data, batch_size=BATCH, lr=1e-2, arch_lr=1e-2, head=model.head,
+            retrain_steps=RETRAIN,
+        )  # fmt: skip
+        return model, trainer
+
+    model, trainer = build()
+
+    def checkpoint(t: BiDoRATrainer) -> None:
+        done = t.step_count + t.retrain_count
+        if done in SAVE_AT:
+            save_run(tmp_path / f"run-{done}", model, None, step=done, hook=t)
+
+    full = _result(model, trainer.train(STEPS, progress=False, on_step=checkpoint))
+    for done in SAVE_AT:
+        model, trainer = build()
+        assert load_run(tmp_path / f"run-{done}", model, None, hook=trainer) == done
+        resumed = _result(model, trainer.train(STEPS, progress=False))
+        assert resumed.keys() == full.keys()
+        for key, value in full.items():
+            assert torch.equal(resumed[key], value), (done, key)

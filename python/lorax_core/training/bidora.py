@@ -22,6 +22,7 @@ from the paper's released code.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
 from lorax_core._batches import to_device
@@ -65,7 +70,7 @@ ADAM_EPS = 1e-6
 # ε = EPSILON_SCALE / ‖v‖ (the finite-difference step along v has length EPSILON_SCALE).
 EPSILON_SCALE = 0.01
 STATE_FORMAT = "lorax_core.bidora"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -634,11 +639,18 @@ class BiDoRATrainer:
             with torch.no_grad():
                 for p, init in zip(self.lower, self._initial, strict=True):
                     p.copy_(init.to(p.device))
+        self.retrain_optimizer, self.retrain_scheduler = self._retrain_optimizer()
+
+    def _retrain_optimizer(
+        self,
+    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler]:
+        """A new phase-2 AdamW over the directions and head, and its schedule."""
         lr = self.config["retrain_lr"] or self.config["lr"]
-        self.retrain_optimizer = _adamw(self.lower, lr, self.config["weight_decay"])
-        self.retrain_scheduler = linear_warmup_decay(
-            self.retrain_optimizer, self.config["retrain_steps"], self.config["warmup_fraction"]
+        optimizer = _adamw(self.lower, lr, self.config["weight_decay"])
+        schedule = linear_warmup_decay(
+            optimizer, self.config["retrain_steps"], self.config["warmup_fraction"]
         )
+        return optimizer, schedule
 
     # -- training ---------------------------------------------------------------------------
     def train(
@@ -731,42 +743,64 @@ class BiDoRATrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit-for-bit.
 
-        Config, split fingerprint, parameter signature, the trainable values (directions, head,
-        magnitudes), both optimizers and schedulers (and phase 2's), the three batch streams,
-        the RNG states of this process, phase, step counts and history. Save it with
-        :func:`lorax_core.training.checkpoint.save_state` (safetensors + JSON, no pickle).
+        Laid out so that ``torch.distributed.checkpoint`` (DCP) saves and loads it in place:
+        the same keys and tensor shapes on a freshly built trainer and on one that has trained.
+
+        - ``"plain"``: one JSON string with everything that is not a tensor (config, split
+          fingerprint, parameter signature, schedulers, the three batch streams, phase, step
+          counts, history), so a fresh trainer's state (no schedulers yet, empty history) loads
+          a trained one's;
+        - ``"lower"``, ``"magnitudes"``, ``"initial"``: the trainable values (directions and
+          head, magnitudes, phase 2's starting point), ``DTensor`` s under FSDP2;
+        - the three AdamW states keyed by parameter name (``get_optimizer_state_dict``).
+          Phase 2's is present whenever ``retrain_steps > 0``, a zeroed stand-in until phase 2
+          starts, so the keys never change;
+        - ``"rng"``: this process's RNG states under ``"rank<r>"``.
+
+        Save it with :func:`lorax_core.training.checkpoint.save_state` (one process or
+        replicas; safetensors + JSON, no pickle), or with
+        ``lorax_core.training.distributed.save_run(..., hook=trainer)`` on every process (any
+        setting, FSDP2 included).
         """
 
         def sched(s: Any) -> Any:
             return None if s is None else s.state_dict()
 
-        return {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
+        plain = {
             "config": dict(self.config),
             "split": self.split.fingerprint,
             "signature": self._signature(),
+            "sharded": _sharded(self.lower + self.upper.upper),
             "total_steps": self.total_steps,
             "phase": self.phase,
             "step_count": self.step_count,
             "retrain_count": self.retrain_count,
-            "lower": [p.detach().clone() for p in self.lower],
-            "magnitudes": [p.detach().clone() for p in self.upper.upper],
-            "initial": self._initial,
-            "lower_optimizer": self.lower_optimizer.state_dict(),
             "lower_scheduler": sched(self.lower_scheduler),
-            "upper": self.upper.state_dict(),
-            "retrain_optimizer": (
-                None if self.retrain_optimizer is None else self.retrain_optimizer.state_dict()
-            ),
+            "upper_scheduler": sched(self.upper.scheduler),
+            "retrain_started": self.retrain_optimizer is not None,
             "retrain_scheduler": sched(self.retrain_scheduler),
             "streams": {
                 "train": self.train_stream.state_dict(),
                 "val": self.val_stream.state_dict(),
                 "all": self.all_stream.state_dict(),
             },
-            "rng": _capture_rng(self._devices),
             "history": {k: list(v) for k, v in self.history.items()},
+        }
+        retrain: dict[str, Any] | None = None
+        if self.config["retrain_steps"] > 0:
+            optimizer = self.retrain_optimizer or self._retrain_optimizer()[0]
+            retrain = get_optimizer_state_dict(self.model, optimizer)
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "plain": json.dumps(plain, default=str),
+            "lower": [p.detach().clone() for p in self.lower],
+            "magnitudes": [p.detach().clone() for p in self.upper.upper],
+            "initial": self._initial,
+            "lower_optimizer": get_optimizer_state_dict(self.model, self.lower_optimizer),
+            "upper_optimizer": get_optimizer_state_dict(self.model, self.upper.optimizer),
+            "retrain_optimizer": retrain,
+            "rng": {f"rank{self.rank}": _capture_rng(self._devices)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -775,14 +809,16 @@ class BiDoRATrainer:
         Raises:
             TypeError: ``state`` is not a dict.
             ValueError: not a BiDoRA trainer state; its configuration, split or parameters
-                differ from this trainer's (another model or configuration); it was taken after
-                this trainer already started training.
+                differ from this trainer's (another model or configuration); its layout (FSDP2
+                shards or whole tensors) is not this trainer's; it was taken after this
+                trainer already started training.
         """
         fn = "BiDoRATrainer.load_state_dict"
         check(fn, "state", state, Instance(dict, "a dict"))
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise ValueError(f"{fn}: state must be a BiDoRATrainer state, got another format")
-        saved = {k: _plain(v) for k, v in state["config"].items()}
+        meta = json.loads(state["plain"])
+        saved = {k: _plain(v) for k, v in meta["config"].items()}
         mine = {k: _plain(v) for k, v in self.config.items()}
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
@@ -790,16 +826,23 @@ class BiDoRATrainer:
                 f"{fn}: state must come from a trainer with the same configuration; "
                 f"differs in {', '.join(diff)}"
             )
-        if state["split"] != self.split.fingerprint:
+        if meta["split"] != self.split.fingerprint:
             raise ValueError(f"{fn}: state must come from the same data split (fingerprint)")
-        if _plain(state["signature"]) != _plain(self._signature()):
+        if _plain(meta["signature"]) != _plain(self._signature()):
             raise ValueError(
                 f"{fn}: state must come from the same model (its trainable parameters' names, "
                 f"shapes and dtypes differ)"
             )
+        sharded = _sharded(self.lower + self.upper.upper)
+        if bool(meta["sharded"]) != sharded:
+            have = "FSDP2 shards" if meta["sharded"] else "whole tensors"
+            raise ValueError(
+                f"{fn}: state must have this trainer's layout (FSDP2 shards under fully_shard, "
+                f"whole tensors otherwise), got {have}"
+            )
         if self.step_count or self.retrain_count:
             raise ValueError(f"{fn}: state must be loaded before training starts")
-        total = state["total_steps"]
+        total = meta["total_steps"]
         if total is not None:
             self.start(int(total))
         with torch.no_grad():
@@ -809,23 +852,27 @@ class BiDoRATrainer:
                 p.copy_(t)
         if state["initial"] is not None:
             self._initial = [t.detach().to("cpu", copy=True) for t in state["initial"]]
-        self.lower_optimizer.load_state_dict(state["lower_optimizer"])
-        if self.lower_scheduler is not None and state["lower_scheduler"] is not None:
-            self.lower_scheduler.load_state_dict(state["lower_scheduler"])
-        self.upper.load_state_dict(state["upper"])
-        if state["retrain_optimizer"] is not None:
+        set_optimizer_state_dict(self.model, self.lower_optimizer, state["lower_optimizer"])
+        set_optimizer_state_dict(self.model, self.upper.optimizer, state["upper_optimizer"])
+        for scheduler, key in (
+            (self.lower_scheduler, "lower_scheduler"),
+            (self.upper.scheduler, "upper_scheduler"),
+        ):
+            if scheduler is not None and meta[key] is not None:
+                scheduler.load_state_dict(meta[key])
+        if meta["retrain_started"]:
             self._start_retrain(reset=False)
             assert self.retrain_optimizer is not None and self.retrain_scheduler is not None
-            self.retrain_optimizer.load_state_dict(state["retrain_optimizer"])
-            self.retrain_scheduler.load_state_dict(state["retrain_scheduler"])
-        self.train_stream.load_state_dict(state["streams"]["train"])
-        self.val_stream.load_state_dict(state["streams"]["val"])
-        self.all_stream.load_state_dict(state["streams"]["all"])
-        _restore_rng(list(state["rng"]), self._devices)
-        self.phase = str(state["phase"])
-        self.step_count = int(state["step_count"])
-        self.retrain_count = int(state["retrain_count"])
-        self.history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+            set_optimizer_state_dict(self.model, self.retrain_optimizer, state["retrain_optimizer"])
+            self.retrain_scheduler.load_state_dict(meta["retrain_scheduler"])
+        self.train_stream.load_state_dict(meta["streams"]["train"])
+        self.val_stream.load_state_dict(meta["streams"]["val"])
+        self.all_stream.load_state_dict(meta["streams"]["all"])
+        _restore_rng(list(state["rng"][f"rank{self.rank}"]), self._devices)
+        self.phase = str(meta["phase"])
+        self.step_count = int(meta["step_count"])
+        self.retrain_count = int(meta["retrain_count"])
+        self.history = {k: [float(x) for x in v] for k, v in meta["history"].items()}
         self.upper.history = list(self.history["val_loss"])
 
 

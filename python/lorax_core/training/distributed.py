@@ -32,7 +32,9 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
+    get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
@@ -71,13 +73,18 @@ def describe_run(model: nn.Module, hook: object | None = None) -> dict[str, Any]
 
 def _state(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     hook: Any,
     extra: dict[str, Any],
     step: int,
 ) -> dict[str, Any]:
-    model_state, optimizer_state = get_state_dict(unwrap(model), optimizer, options=_OPTIONS)
-    state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state, "step": step}
+    state: dict[str, Any] = {"step": step}
+    if optimizer is None:
+        state["model"] = get_model_state_dict(unwrap(model), options=_OPTIONS)
+    else:
+        state["model"], state["optimizer"] = get_state_dict(
+            unwrap(model), optimizer, options=_OPTIONS
+        )
     if hook is not None:
         state["hook"] = hook.state_dict()
     for name, obj in extra.items():
@@ -116,12 +123,15 @@ def _check_extra(function: str, extra: object) -> dict[str, Any]:
 def save_run(
     directory: str | os.PathLike[str],
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     step: int,
     hook: object | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a run checkpoint of ``model``, ``optimizer``, ``hook`` and ``extra`` at ``step``.
+
+    ``optimizer`` may be None when the hook holds the optimizers itself (a
+    :class:`~lorax_core.training.BiDoRATrainer`, whose state holds both levels' AdamW).
 
     Call it on every process (after ``optimizer.step()`` and the hook's ``step``). ``directory``
     must name the same folder (on a file system every process sees) everywhere; a previous
@@ -178,7 +188,7 @@ def _check_meta(function: str, path: Path, model: nn.Module, hook: object | None
 def load_run(
     directory: str | os.PathLike[str],
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     hook: object | None = None,
     extra: dict[str, Any] | None = None,
 ) -> int:
@@ -199,13 +209,16 @@ def load_run(
     enter_collective(function)
     state = _state(model, optimizer, hook, extra, 0)
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(
-        unwrap(model),
-        optimizer,
-        model_state_dict=state["model"],
-        optim_state_dict=state["optimizer"],
-        options=_LOAD_OPTIONS,
-    )
+    if optimizer is None:
+        set_model_state_dict(unwrap(model), state["model"], options=_LOAD_OPTIONS)
+    else:
+        set_state_dict(
+            unwrap(model),
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=_LOAD_OPTIONS,
+        )
     if hook is not None:
         hook.load_state_dict(state["hook"])  # type: ignore[attr-defined]
     for name, obj in extra.items():
