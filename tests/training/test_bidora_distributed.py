@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from lorax_core.training import BiDoRATrainer
 from tests.training._tiny import tiny_data, tiny_loss, tiny_model
 
 STEPS, RETRAIN, BATCH = 4, 2, 8
@@ -34,14 +35,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_sharded(t) else t
 
 
-def _train(
-    world: int, sharded: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], list]:
-    from lorax_core._distributed import full
-    from lorax_core.training import BiDoRATrainer
-
+def _build(sharded: bool = False) -> tuple[torch.nn.Module, BiDoRATrainer]:
+    """The tiny float64 model and its trainer (head trained, phase 2 on); ``sharded``: FSDP2
+    on every adapted layer and the root (which holds the head)."""
     model = tiny_model(0, torch.float64, random_b=True)
-    if sharded:  # FSDP2: every adapted layer and the root (which holds the head)
+    if sharded:
         from torch.distributed.fsdp import fully_shard
 
         fully_shard(model.a)
@@ -57,6 +55,15 @@ def _train(
         head=model.head,
         retrain_steps=RETRAIN,
     )
+    return model, trainer
+
+
+def _train(
+    world: int, sharded: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, list[float]], list]:
+    from lorax_core._distributed import full
+
+    model, trainer = _build(sharded)
     epsilons = []
     upper_step = trainer.upper.upper_step
 
@@ -114,28 +121,6 @@ def test_two_gloo_processes_equal_one(tmp_path, sharded):
 SAVE_AT = (2, STEPS + 1)  # a bi-level step, and a phase-2 step
 
 
-def _sharded_trainer() -> tuple[torch.nn.Module, object]:
-    from torch.distributed.fsdp import fully_shard
-
-    from lorax_core.training import BiDoRATrainer
-
-    model = tiny_model(0, torch.float64, random_b=True)
-    fully_shard(model.a)
-    fully_shard(model.b)
-    fully_shard(model)
-    trainer = BiDoRATrainer(
-        model,
-        tiny_loss,
-        tiny_data(48, 0, torch.float64),
-        batch_size=BATCH,
-        lr=1e-2,
-        arch_lr=1e-2,
-        head=model.head,
-        retrain_steps=RETRAIN,
-    )
-    return model, trainer
-
-
 def _result(model: torch.nn.Module, history: dict[str, list[float]]) -> dict[str, torch.Tensor]:
     from lorax_core._distributed import full
 
@@ -152,7 +137,7 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
     try:
-        model, trainer = _sharded_trainer()
+        model, trainer = _build(sharded=True)
 
         def checkpoint(t) -> None:  # save_run on every process, mid-run
             done = t.step_count + t.retrain_count
@@ -162,7 +147,7 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
         history = trainer.train(STEPS, progress=False, on_step=checkpoint)
         save_file(_result(model, history), os.path.join(out_dir, f"full-rank{rank}.safetensors"))
         for done in SAVE_AT:  # a fresh model and trainer, restored from the files alone
-            model, trainer = _sharded_trainer()
+            model, trainer = _build(sharded=True)
             step = load_run(os.path.join(out_dir, f"run-{done}"), model, None, hook=trainer)
             assert step == done
             history = trainer.train(STEPS, progress=False)
@@ -191,19 +176,9 @@ def test_fsdp2_run_checkpoint_resumes_bit_for_bit(tmp_path):
 def test_one_process_run_checkpoint_resumes_bit_for_bit(tmp_path):
     """Without a process group, save_run/load_run with the trainer as the hook resume as the
     sharded run does (the same state layout, whole tensors)."""
-    from lorax_core.training import BiDoRATrainer
     from lorax_core.training.distributed import load_run, save_run
 
-    def build() -> tuple[torch.nn.Module, BiDoRATrainer]:
-        model = tiny_model(0, torch.float64, random_b=True)
-        data = tiny_data(48, 0, torch.float64)
-        trainer = BiDoRATrainer(
-            model, tiny_loss, data, batch_size=BATCH, lr=1e-2, arch_lr=1e-2, head=model.head,
-            retrain_steps=RETRAIN,
-        )  # fmt: skip
-        return model, trainer
-
-    model, trainer = build()
+    model, trainer = _build()
 
     def checkpoint(t: BiDoRATrainer) -> None:
         done = t.step_count + t.retrain_count
@@ -212,9 +187,23 @@ def test_one_process_run_checkpoint_resumes_bit_for_bit(tmp_path):
 
     full = _result(model, trainer.train(STEPS, progress=False, on_step=checkpoint))
     for done in SAVE_AT:
-        model, trainer = build()
+        model, trainer = _build()
         assert load_run(tmp_path / f"run-{done}", model, None, hook=trainer) == done
         resumed = _result(model, trainer.train(STEPS, progress=False))
         assert resumed.keys() == full.keys()
         for key, value in full.items():
             assert torch.equal(resumed[key], value), (done, key)
+
+
+def test_state_of_another_layout_is_refused():
+    """A state taken under FSDP2 (shards) does not load into an unsharded trainer."""
+    import json
+
+    _, trainer = _build()
+    state = trainer.state_dict()
+    plain = json.loads(state["plain"])
+    plain["sharded"] = True
+    state["plain"] = json.dumps(plain)
+    _, fresh = _build()
+    with pytest.raises(ValueError, match="state must have this trainer's layout"):
+        fresh.load_state_dict(state)
