@@ -20,9 +20,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # Bounded fuzzing of the four cargo-fuzz targets (every saved seed and regression replayed
-# first, then 45 s per target); installs the nightly toolchain (minimal profile) and
+# first, then 60 s per target); installs the nightly toolchain (minimal profile) and
 # cargo-fuzz only when missing. Longer campaigns: docs/validation.md.
-bash scripts/fuzz.sh --ci --time 45
+bash scripts/fuzz.sh --ci --time 60
 
 ruff check python tests benches
 ruff format --check python tests benches
