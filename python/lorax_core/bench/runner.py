@@ -197,6 +197,9 @@ def _plan(
         ]
         plan = plan_ranks(ids, encoder, **rule)
     else:
+        config = getattr(encoder, "config", None)
+        if config is not None:  # the plan names the model by its experiment name, not its folder
+            config._name_or_path = spec["model"]["name"]
         result = profile(
             encoder,
             texts,
