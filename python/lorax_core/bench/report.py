@@ -19,7 +19,14 @@ from typing import Any
 
 from lorax_core._atomic import atomic_write_bytes
 
-__all__ = ["REFERENCES", "Cell", "paired_difference", "summary_markdown", "write_outputs"]
+__all__ = [
+    "REFERENCES",
+    "Cell",
+    "paired_difference",
+    "summary_markdown",
+    "verdict",
+    "write_outputs",
+]
 
 #: The baseline each method is compared with besides LoRA.
 REFERENCES = {"bidora": "dora", "elalora": "adalora"}
@@ -129,6 +136,18 @@ def _diff_text(diff: dict[str, Any] | None) -> str:
     return text
 
 
+def verdict(diff: dict[str, Any]) -> str:
+    """How a paired difference reads: ``worse`` or ``better`` when its 95% interval excludes
+    0, ``within noise`` when it holds 0, ``one seed`` when there is no interval."""
+    if diff["low"] is None:
+        return "one seed"
+    if diff["high"] < 0:
+        return "worse"
+    if diff["low"] > 0:
+        return "better"
+    return "within noise"
+
+
 def _acc_text(stats: dict[str, float] | None, n: int) -> str:
     if stats is None:
         return "–"
@@ -183,7 +202,7 @@ def _markdown(doc: dict[str, Any]) -> str:
                     if d is not None and d["mean"] <= 0:
                         not_better.append(
                             f"- {model} · {dataset}: {c['label']} did not beat {d['against']} "
-                            f"({_diff_text(d)} points)"
+                            f"({_diff_text(d)} points; {verdict(d)})"
                         )
             lines.append("")
     lines += ["## Where a method did not beat its baseline", ""]
@@ -194,8 +213,9 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 def summary_markdown(doc: dict[str, Any]) -> str:
     """One compact table of a results document: a row per method, for every (model, dataset)
-    the test accuracy (mean ± std, %) and the paired difference to LoRA (points); the trainable
-    parameters of the first panel. The README's table is this text."""
+    the test accuracy (mean ± std, %) and the paired difference to LoRA (points, with its 95%
+    interval over seeds); the trainable parameters on MiniLM, one figure per dataset where they
+    differ (a GeLoRA plan depends on the data). The README's table is this text."""
     panels = [
         (m, d)
         for m in doc["models"]
@@ -208,14 +228,14 @@ def summary_markdown(doc: dict[str, Any]) -> str:
     head = "| method | params (MiniLM) | " + " | ".join(f"{m} · {d}" for m, d in panels) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(panels)]
     for method in methods:
-        params = next(
-            (
-                f"{c['trainable_parameters']:,}"
-                for (m, _, name), c in cells.items()
-                if name == method and m == "minilm" and c["trainable_parameters"] is not None
-            ),
-            "–",
-        )
+        counts = [
+            cells[(m, d, method)]["trainable_parameters"]
+            for m, d in panels
+            if m == "minilm"
+            and (m, d, method) in cells
+            and cells[(m, d, method)]["trainable_parameters"] is not None
+        ]
+        params = " / ".join(f"{n:,}" for n in dict.fromkeys(counts)) or "–"
         row = [labels[method], params]
         for m, d in panels:
             c = cells.get((m, d, method))
