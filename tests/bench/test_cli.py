@@ -132,3 +132,34 @@ def test_the_shipped_experiments_cover_every_method_of_the_comparison() -> None:
     smollm2 = set(experiments.models["smollm2"].cpu_methods or ())
     assert {"lora", "dora", "bidora", "elalora", "nlora"} <= smollm2
     assert any(name.startswith("gelora") for name in smollm2)
+
+
+def test_parallel_runs_give_the_table_of_one_run_at_a_time(
+    tiny_experiments: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Full mode (a grid on seed 0, then seed 1 at the chosen rate): two worker processes at a
+    time produce the same runs, the same choice and the same table as the sequential path."""
+    common = ["--experiments", str(tiny_experiments), "--methods", "lora", "head",
+              "--threads", "1", "--no-progress"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "one"), "--inline"]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    assert "(8 run now" in capsys.readouterr().err  # 2 methods × (3 grid values + 1 seed)
+    one, two = (
+        json.loads((tmp_path / o / "full" / "results.json").read_text()) for o in ("one", "two")
+    )
+    assert [c["method"] for c in two["cells"]] == [c["method"] for c in one["cells"]]
+    for a, b in zip(one["cells"], two["cells"], strict=True):
+        assert (a["lr"], a["lr_source"], a["seeds"]) == (b["lr"], "grid", [0, 1])
+        assert a["lr_grid_val_accuracy"] == b["lr_grid_val_accuracy"]
+        assert a["test_accuracy_per_seed"] == b["test_accuracy_per_seed"]
+    assert sorted(p.name for p in (tmp_path / "one" / "runs").iterdir()) == sorted(
+        p.name for p in (tmp_path / "two" / "runs").iterdir()
+    )
+
+
+def test_jobs_and_inline_exclude_each_other(
+    tiny_experiments: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--experiments", str(tiny_experiments), "--out", str(tmp_path), "--inline"]
+    assert "not with --jobs" in _error([*argv, "--jobs", "2"], capsys)
+    assert "--jobs must be an integer >= 1, got 0" in _error([*argv[:4], "--jobs", "0"], capsys)

@@ -23,7 +23,9 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", metavar="SEED", help="seeds (default: the mode's)")
     p.add_argument("--steps", metavar="N", help="optimizer steps for every model (override)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
-    p.add_argument("--threads", default="2", metavar="N", help="torch CPU threads (default 2)")
+    p.add_argument("--jobs", default="1", metavar="N", help="runs at the same time (default 1)")
+    p.add_argument(
+        "--threads", metavar="N", help="torch CPU threads per run (default: 2 / jobs, at least 1)"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--experiments", type=Path, help="folder of experiment files")
     p.add_argument("--inline", action="store_true", help="run in this process (no worker)")
@@ -142,7 +147,13 @@ class Bench:
         self.steps = dict(mode.steps)
         if args.steps is not None:
             self.steps = {m: _int(args.steps, "--steps", 1) for m in self.models}
-        self.threads = _int(args.threads, "--threads", 1)
+        self.jobs = _int(args.jobs, "--jobs", 1)
+        if self.jobs > 1 and args.inline:
+            raise UsageError("--inline runs in this process, one run at a time: not with --jobs")
+        self.threads = (
+            max(1, 2 // self.jobs) if args.threads is None else _int(args.threads, "--threads", 1)
+        )
+        self._count = threading.Lock()
         self.device = _device(args.device)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out must be a folder, got the file {self.out}")
@@ -233,7 +244,8 @@ class Bench:
             if bar is not None:
                 bar.update(1)
             return None
-        self.executed += 1
+        with self._count:
+            self.executed += 1
         if bar is not None:
             bar.update(1)
         return read_record(path, key)
@@ -262,30 +274,70 @@ class Bench:
             raise RuntimeError(f"worker exited with status {status}")
 
     def table(self, execute: bool) -> list[Cell]:
-        """Run (or read) every run in order: seed 0 with the grid for the grid models, seed 0
-        for the others (their LRs transferred), then the remaining seeds."""
+        """Run (or read) every run, ``--jobs`` at a time: for each cell of a grid model its
+        grid on the first seed, then the remaining seeds at the learning rate it chose; the
+        other cells once the grid model's cell on the same dataset has chosen (or at once at
+        their file's rate when there is none). With one job the runs go in the order of
+        :meth:`_priority`: every grid run first, then each cell's other seeds in the order
+        the cells chose their learning rates."""
         from tqdm.auto import tqdm
 
         cells: dict[tuple[str, str, str], Cell] = {}
         order = sorted(self.cells(), key=self._priority)
+        first, rest = self.seeds[0], self.seeds[1:]
+        grids: dict[tuple[str, str, str], dict[float, dict[str, Any] | None]] = {}
+        waiting: list[tuple[str, str, MethodSpec]] = []
         disable = self.args.no_progress or not execute
-        with tqdm(
-            total=self.planned_runs(), desc="lorax-bench", unit="run", disable=disable
-        ) as bar:
-            first, rest = self.seeds[0], self.seeds[1:]
+        with (
+            tqdm(total=self.planned_runs(), desc="lorax-bench", unit="run", disable=disable) as bar,
+            ThreadPoolExecutor(max_workers=self.jobs) as pool,
+        ):
+            pending: dict[Future[dict[str, Any] | None], tuple[tuple[str, str, str], float, int]]
+            pending = {}
+
+            def submit(key: tuple[str, str, str], method: MethodSpec, lr: float, seed: int) -> None:
+                spec = self.spec(key[0], key[1], method, lr, seed)
+                pending[pool.submit(self.get, spec, execute, bar)] = (key, lr, seed)
+
+            def settle(
+                key: tuple[str, str, str], method: MethodSpec, cell: Cell, seeds: list[int]
+            ) -> None:
+                cells[key] = cell
+                for seed in seeds:
+                    submit(key, method, cell.lr, seed)
+
             for model, dataset, method in order:
-                cell = self._first_seed(model, dataset, method, first, cells, execute, bar)
-                cells[(model, dataset, method.name)] = cell
+                key = (model, dataset, method.name)
+                grid = self.grid_of(model, method)
+                if grid:
+                    grids[key] = {}
+                    for lr in grid:
+                        submit(key, method, lr, first)
+                else:
+                    waiting.append((model, dataset, method))
+            while pending or waiting:
+                for model, dataset, method in list(waiting):
+                    donor = self._donor(model, dataset, method, grids, cells)
+                    if donor is None:
+                        continue
+                    waiting.remove((model, dataset, method))
+                    key = (model, dataset, method.name)
+                    lr, source = donor
+                    cell = Cell(model, dataset, method.name, method.label, lr, source)
+                    settle(key, method, cell, self.seeds)
+                if not pending:
+                    continue
+                done = next(as_completed(pending))
+                key, lr, seed = pending.pop(done)
+                record = done.result()
+                method = self.experiments.methods[key[2]]
+                if key in grids and key not in cells:
+                    grids[key][lr] = record
+                    if len(grids[key]) == len(set(self.grid_of(key[0], method))):
+                        settle(key, method, self._chosen(key, method, grids[key], first), rest)
+                elif record is not None:
+                    cells[key].runs[seed] = record
                 self.write(cells, execute)
-            for model, dataset, method in order:
-                cell = cells[(model, dataset, method.name)]
-                for seed in rest:
-                    record = self.get(
-                        self.spec(model, dataset, method, cell.lr, seed), execute, bar
-                    )
-                    if record is not None:
-                        cell.runs[seed] = record
-                    self.write(cells, execute)
         return list(cells.values())
 
     def _priority(self, cell: tuple[str, str, MethodSpec]) -> tuple[int, int, int, int]:
@@ -301,46 +353,42 @@ class Bench:
         datasets = self.experiments.models[model].datasets
         return (self.models.index(model), rank, method.order, datasets.index(dataset))
 
-    def _first_seed(
+    def _donor(
         self,
         model: str,
         dataset: str,
         method: MethodSpec,
-        seed: int,
+        grids: dict[tuple[str, str, str], dict[float, dict[str, Any] | None]],
         cells: dict[tuple[str, str, str], Cell],
-        execute: bool,
-        bar: Any,
-    ) -> Cell:
-        grid = self.grid_of(model, method)
-        if grid:
-            results: dict[float, dict[str, Any]] = {}
-            for lr in grid:
-                record = self.get(self.spec(model, dataset, method, lr, seed), execute, bar)
-                if record is not None:
-                    results[lr] = record
-            scores = {f"{lr:g}": r["val_accuracy"] for lr, r in results.items()}
-            complete = len(results) == len(grid)
-            # The best validation accuracy; a tie goes to the grid's earlier learning rate.
-            best = max(
-                results,
-                key=lambda lr: (results[lr]["val_accuracy"], -grid.index(lr)),
-                default=method.lr,
-            )
-            source = "grid" if complete else "grid, incomplete"
-            cell = Cell(model, dataset, method.name, method.label, best, source, scores)
-            if best in results:
-                cell.runs[seed] = results[best]
-            return cell
-        lr, source = method.lr, "config"
+    ) -> tuple[float, str] | None:
+        """The learning rate of a cell without a grid and where it comes from, or None while
+        the grid model's cell it takes it from has not chosen yet."""
         for grid_model in self.mode.lr_grid_models:
-            donor = cells.get((grid_model, dataset, method.name))
+            key = (grid_model, dataset, method.name)
+            if key in grids and key not in cells:
+                return None
+            donor = cells.get(key)
             if donor is not None and donor.lr_source == "grid":
-                lr, source = donor.lr, f"grid of {grid_model}"
-                break
-        cell = Cell(model, dataset, method.name, method.label, lr, source)
-        record = self.get(self.spec(model, dataset, method, lr, seed), execute, bar)
-        if record is not None:
-            cell.runs[seed] = record
+                return donor.lr, f"grid of {grid_model}"
+        return method.lr, "config"
+
+    def _chosen(
+        self,
+        key: tuple[str, str, str],
+        method: MethodSpec,
+        results: dict[float, dict[str, Any] | None],
+        seed: int,
+    ) -> Cell:
+        """The cell of a finished grid: the best validation accuracy (a tie goes to the grid's
+        earlier learning rate), or the file's rate if no grid run succeeded."""
+        grid = self.grid_of(key[0], method)
+        ok = {lr: r for lr, r in results.items() if r is not None}
+        scores = {f"{lr:g}": ok[lr]["val_accuracy"] for lr in grid if lr in ok}
+        best = max(ok, key=lambda lr: (ok[lr]["val_accuracy"], -grid.index(lr)), default=method.lr)
+        source = "grid" if len(ok) == len(grid) else "grid, incomplete"
+        cell = Cell(key[0], key[1], key[2], method.label, best, source, scores)
+        if best in ok:
+            cell.runs[seed] = ok[best]
         return cell
 
     def write(self, cells: dict[tuple[str, str, str], Cell], execute: bool) -> None:
@@ -357,6 +405,7 @@ class Bench:
             "lr_grid_models": list(self.mode.lr_grid_models),
             "device": self.device,
             "threads": self.threads,
+            "jobs": self.jobs,
             "training": self.experiments.training_dict(),
             "dataset_specs": {d: self.experiments.datasets[d].to_dict() for d in self.datasets},
             "model_specs": {m: self.experiments.models[m].to_dict() for m in self.models},
