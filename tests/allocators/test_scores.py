@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lorax_core.adapters import SVDLinear
 from lorax_core.allocators import ImportanceScores, rank_scores, update_importance_
+from lorax_core.allocators import scores as scores_module
 
 
 def numpy_ema(ps, gs, beta1, beta2):
@@ -174,3 +175,69 @@ def test_scores_follow_permutes_and_loads() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fused_scores_follow_permutes_and_loads_on_cuda() -> None:
     _check_scores_follow_the_emas("cuda")
+
+
+def numpy_move(value: np.ndarray, perm: list[int], dim: int, n_keep: int) -> np.ndarray:
+    """Reference of one slot move: take along ``dim``, then zero the slots ``≥ n_keep``."""
+    out = np.take(value, perm, axis=dim).copy()
+    index = [slice(None)] * out.ndim
+    index[dim] = slice(n_keep, None)
+    out[tuple(index)] = 0
+    return out
+
+
+@st.composite
+def slot_moves(draw):  # type: ignore[no-untyped-def]
+    """Tensors of a few shapes (so that several share a batch), each with a perm and n_keep."""
+    cap = draw(st.integers(1, 6))
+    shapes = draw(
+        st.lists(
+            st.sampled_from([((cap, 5), 0), ((cap,), 0), ((4, cap), 1), ((cap, 3), 0)]),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    dtypes = draw(
+        st.lists(
+            st.sampled_from([torch.float32, torch.float64]),
+            min_size=len(shapes),
+            max_size=len(shapes),
+        )
+    )
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    moves = []
+    for (shape, dim), dtype in zip(shapes, dtypes, strict=True):
+        tensor = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
+        perm = rng.permutation(cap).tolist()
+        moves.append((tensor, perm, dim, int(rng.integers(0, cap + 1))))
+    return moves
+
+
+@given(moves=slot_moves(), batch=st.sampled_from([None, 1, 7]))
+def test_batched_slot_moves_match_numpy(moves, batch) -> None:
+    expected = [numpy_move(t.numpy(), perm, dim, keep) for t, perm, dim, keep in moves]
+    if batch is None:
+        scores_module.permute_rank_axes_(moves)
+    else:  # a tiny batch limit: the stacked moves split into chunks
+        limit = scores_module._BATCH_ELEMENTS
+        scores_module._BATCH_ELEMENTS = batch
+        try:
+            scores_module.permute_rank_axes_(moves)
+        finally:
+            scores_module._BATCH_ELEMENTS = limit
+    for (tensor, *_), want in zip(moves, expected, strict=True):
+        np.testing.assert_array_equal(tensor.numpy(), want)  # copies only: exact
+
+
+def test_batched_slot_moves_reject_a_short_perm() -> None:
+    with pytest.raises(ValueError, match="perm"):
+        scores_module.permute_rank_axes_([(torch.zeros(4, 2), [0, 1, 2], 0, 2)])
+
+
+def test_one_cpu_thread_restores_the_setting() -> None:
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"), scores_module.one_cpu_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads

@@ -36,8 +36,8 @@ from lorax_core.allocators.distributed import (
     is_distributed,
     is_leader,
 )
-from lorax_core.allocators.scores import RANK_AXES, ImportanceScores
-from lorax_core.allocators.surgery import apply_plan_, permute_, set_rank_
+from lorax_core.allocators.scores import RANK_AXES, ImportanceScores, one_cpu_thread
+from lorax_core.allocators.surgery import apply_plans_, permute_, set_rank_
 
 __all__ = ["SCHEDULE_CHECKS", "RankAllocatorBase", "module_lists", "svd_modules"]
 
@@ -154,15 +154,18 @@ class RankAllocatorBase:
                 "its state moves with the ranks"
             )
         plans = self._decide(t)
-        for (name, module), plan in zip(self.modules.items(), plans, strict=True):
-            apply_plan_(module, self.optimizer, plan.perm, plan.n_keep, plan.new_rank, plan.seed)
-            perm = torch.tensor(plan.perm, dtype=torch.long)
-            if self._sharded():
+        apply_plans_(list(self.modules.values()), self.optimizer, plans)
+        if self._sharded():
+            for name, plan in zip(self.modules, plans, strict=True):
+                perm = torch.tensor(plan.perm, dtype=torch.long)
                 for store in (self.scores_.ipt[name], self.scores_.unc[name]):
                     for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
                         permute_(tensor, perm, dim, plan.n_keep)
-            else:
-                self.scores_.permute_(name, perm, plan.n_keep)
+        else:
+            with one_cpu_thread():
+                self.scores_.permute_all_(
+                    {name: (p.perm, p.n_keep) for name, p in zip(self.modules, plans, strict=True)}
+                )
         return True
 
     def _sharded(self) -> bool:

@@ -17,7 +17,9 @@ vectors to the host.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -26,10 +28,24 @@ from lorax_core._validation import Real, check
 from lorax_core.adapters import SVDLinear
 from lorax_core.kernels import importance_update_ as update_importance_
 
-__all__ = ["ImportanceScores", "rank_scores", "update_importance_"]
+__all__ = [
+    "ImportanceScores",
+    "SlotMove",
+    "one_cpu_thread",
+    "permute_rank_axes_",
+    "rank_scores",
+    "update_importance_",
+]
 
 # (parameter name, dimension of its rank axis)
 RANK_AXES: tuple[tuple[str, int], ...] = (("lora_A", 0), ("lora_E", 0), ("lora_B", 1))
+
+# One tensor's move of rank slots: ``(tensor, perm, dim, n_keep)``: along ``dim`` new slot ``j``
+# takes old slot ``perm[j]``; slots ``≥ n_keep`` become zero.
+SlotMove = tuple[torch.Tensor, Sequence[int], int, int]
+
+# Most elements stacked into one batched move (bounds its temporary copies: 64 MiB of float32).
+_BATCH_ELEMENTS = 1 << 24
 
 
 def rank_scores(
@@ -135,13 +151,25 @@ class ImportanceScores:
         return out
 
     @torch.no_grad()
-    def permute_(self, name: str, perm: torch.Tensor, n_keep: int) -> None:
+    def permute_(self, name: str, perm: torch.Tensor | Sequence[int], n_keep: int) -> None:
         """Move one module's slots like its parameters (new slot j ← old ``perm[j]``) and reset
         the history of slots ``≥ n_keep`` (pruned, new and free ranks) to zero."""
+        self.permute_all_({name: (perm, n_keep)})
+
+    @torch.no_grad()
+    def permute_all_(
+        self, decisions: Mapping[str, tuple[torch.Tensor | Sequence[int], int]]
+    ) -> None:
+        """:meth:`permute_` for several modules at once, ``{name: (perm, n_keep)}``: one batched
+        move (:func:`permute_rank_axes_`) instead of one per tensor; the same values."""
         self._fresh = False
-        for store in (self.ipt[name], self.unc[name]):
-            for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
-                permute_rank_axis_(tensor, perm, dim, n_keep)
+        moves: list[SlotMove] = []
+        for name, (perm, n_keep) in decisions.items():
+            order = perm.tolist() if isinstance(perm, torch.Tensor) else perm
+            for store in (self.ipt[name], self.unc[name]):
+                for tensor, (_, dim) in zip(store, RANK_AXES, strict=True):
+                    moves.append((tensor, order, dim, n_keep))
+        permute_rank_axes_(moves)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat ``{"<module>.<param>.ipt"|".unc": tensor}`` (copies)."""
@@ -175,6 +203,68 @@ class ImportanceScores:
 def permute_rank_axis_(tensor: torch.Tensor, perm: torch.Tensor, dim: int, n_keep: int) -> None:
     """In place: ``tensor`` along ``dim`` becomes ``tensor.index_select(dim, perm)``; entries at
     positions ``≥ n_keep`` along ``dim`` are set to zero. ``perm`` is an int64 permutation."""
-    tensor.copy_(tensor.index_select(dim, perm.to(tensor.device)))
-    size = tensor.shape[dim]
-    tensor.narrow(dim, n_keep, size - n_keep).zero_()
+    permute_rank_axes_([(tensor, perm.tolist(), dim, n_keep)])
+
+
+@contextlib.contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Within the block torch runs CPU operations on one thread (the setting is restored after).
+
+    For the many tiny operations of an allocation step: threads gain nothing on them, and on a
+    loaded machine a threaded call (a small LAPACK QR, a stacked gather) waits milliseconds for
+    a descheduled worker. The setting is process-wide; no effect on GPU kernels.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def permute_rank_axes_(moves: Sequence[SlotMove]) -> None:
+    """In place, for every ``(tensor, perm, dim, n_keep)``: ``tensor`` along ``dim`` becomes
+    ``tensor.index_select(dim, perm)`` with the slots ``≥ n_keep`` set to zero.
+
+    Batched: tensors of one shape, dtype, device and ``dim`` are stacked (at most
+    ``_BATCH_ELEMENTS`` elements at a time) and moved by one ``gather``, one ``masked_fill_``
+    and one ``_foreach_copy_``, so the cost does not grow with the number of tensors in Python
+    operations. Copies only: the values are exactly those of the per-tensor ``index_select``.
+    A tensor must appear at most once; ``perm`` has ``tensor.shape[dim]`` entries.
+    """
+    groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device, int], list[SlotMove]] = {}
+    for move in moves:
+        tensor, perm, dim, _ = move
+        if len(perm) != tensor.shape[dim]:
+            raise ValueError(
+                f"permute_rank_axes_: perm must have {tensor.shape[dim]} entries, got {len(perm)}"
+            )
+        key = (tuple(tensor.shape), tensor.dtype, tensor.device, dim)
+        groups.setdefault(key, []).append(move)
+    for (shape, _, device, dim), members in groups.items():
+        chunk = max(1, _BATCH_ELEMENTS // max(1, math.prod(shape)))
+        for start in range(0, len(members), chunk):
+            _move_stacked_(members[start : start + chunk], shape, dim, device)
+
+
+def _move_stacked_(
+    members: Sequence[SlotMove], shape: tuple[int, ...], dim: int, device: torch.device
+) -> None:
+    """One batch of :func:`permute_rank_axes_`: tensors of one ``shape`` on ``device``."""
+    size = shape[dim]
+    tensors = [tensor for tensor, _, _, _ in members]
+    index = torch.tensor([list(perm) for _, perm, _, _ in members], dtype=torch.long)
+    n_keep = torch.tensor([keep for _, _, _, keep in members], dtype=torch.long)
+    dropped = torch.arange(size)[None, :] >= n_keep[:, None]  # (tensors, size)
+    # (tensors, 1, …, size, …, 1): the rank axis of each stacked tensor, broadcast over the rest.
+    view = [len(members)] + [1] * len(shape)
+    view[dim + 1] = size
+    stacked = torch.stack(tensors)
+    index = index.to(device).view(view).expand(stacked.shape)
+    moved = stacked.gather(dim + 1, index)
+    moved.masked_fill_(dropped.to(device).view(view), 0)
+    torch._foreach_copy_(tensors, list(moved.unbind(0)))
