@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +327,10 @@ class Bench:
                     settle(key, method, cell, self.seeds)
                 if not pending:
                     continue
-                done = next(as_completed(pending))
+                # The earliest-submitted finished run, so that the order does not depend on
+                # which of several finished runs (cached ones finish at once) is seen first.
+                wait(pending, return_when=FIRST_COMPLETED)
+                done = next(f for f in pending if f.done())
                 key, lr, seed = pending.pop(done)
                 record = done.result()
                 method = self.experiments.methods[key[2]]
