@@ -38,3 +38,16 @@ def test_thirty_layers_with_resamples(tmp_path: Path) -> None:
     save_plot(plan_ranks([1.0, 2.0, 3.0], None, None), short)
     assert png_size(wide)[0] > 1.4 * png_size(short)[0]  # the figure widens with the layers
     assert "stable" not in format_table(plan_ranks([1.0, 2.0, 3.0], None, None))
+
+
+def test_plot_of_a_plan_outside_its_intervals(tmp_path: Path) -> None:
+    """The resamples' rank ranges need not hold the plan's ranks; the plot still draws
+    (matplotlib refuses negative error bars)."""
+    pytest.importorskip("matplotlib")
+    ids = [3.0, 5.0, 8.0, 10.0]
+    # Every resample grows faster than the estimates: their rank ranges sit above the ranks.
+    draws = np.array(ids) + np.array([[5.0, 9.0, 14.0, 19.0], [6.0, 10.0, 15.0, 20.0]])
+    plan = plan_ranks(ids, None, None, resamples=draws)
+    assert any(layer.rank_range[0] > layer.rank for layer in plan.layers[1:])  # type: ignore[index]
+    save_plot(plan, tmp_path / "p.png")
+    assert png_size(tmp_path / "p.png")[0] > 0

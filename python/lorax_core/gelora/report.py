@@ -146,9 +146,11 @@ def save_plot(plan: RankPlan, path: str | os.PathLike[str]) -> Path:
         x = [layer.index for layer in blocks]
         ranks = [int(layer.rank or 0) for layer in blocks]
         ranges = [layer.rank_range or (r, r) for r, layer in zip(ranks, blocks, strict=True)]
+        # Nor need the resamples' rank range hold the plan's rank (a budget solves c on the
+        # point estimates): clip those bars at the rank too.
         spread = [
-            [r - lo for r, (lo, _) in zip(ranks, ranges, strict=True)],
-            [hi - r for r, (_, hi) in zip(ranks, ranges, strict=True)],
+            [max(r - lo, 0) for r, (lo, _) in zip(ranks, ranges, strict=True)],
+            [max(hi - r, 0) for r, (_, hi) in zip(ranks, ranges, strict=True)],
         ]
         ranks_ax.bar(x, ranks, color="tab:orange", alpha=0.6, label=f"rank r_i ({plan.rank_mode})")
         if plan.stability is not None:
