@@ -71,10 +71,13 @@ def test_checkpoint_and_text_end_to_end(tmp_path: Path, minilm_dir: Path, paragr
     assert plan.stability is not None and 0 <= plan.stability <= 1
     assert all(len(layer.resamples or ()) == 4 for layer in plan.layers)
     dims = [layer.dimension for layer in plan.layers]
-    assert len(dims) == 7 and all(5 < d < 100 for d in dims)
+    assert len(dims) == 7 and all(1 < d < 100 for d in dims)
     assert all(layer.ci is not None for layer in plan.layers)
-    assert [layer.rank for layer in plan.layers[1:]] == rule(dims)
-    assert len(plan.modules) == 12 and plan.capture["n_samples"] == 50
+    # The defaults: 50 of every text's real tokens, and uniform rank-8 LoRA's budget.
+    assert plan.capture["pooling"] == "tokens" and plan.capture["n_samples"] == 50
+    assert plan.budget == plan.uniform_parameters(8) >= plan.num_parameters
+    assert [layer.rank for layer in plan.layers[1:]] == rule(dims, c=plan.c)
+    assert len(plan.modules) == 12
     assert plan.model["model_type"] == "bert" and len(plan.model["sha256"]) == 64
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plan: {plan.num_parameters:,} LoRA parameters" in run.stdout
@@ -115,7 +118,8 @@ def test_checkpoint_with_token_pooling(
 
 def test_hidden_states_file(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "plan.json"
-    assert main([str(hidden_file), "--bootstrap", "0", "--out", str(out), "--c", "2"]) == 0
+    args = [str(hidden_file), "--bootstrap", "0", "--out", str(out), "--c", "2", "--budget", "none"]
+    assert main(args) == 0
     plan = RankPlan.from_json(out)
     layers = load_hidden_states(hidden_file).layers
     expected = [skdim.id.TwoNN().fit(h.astype(np.float64)).dimension_ for h in layers]
@@ -135,13 +139,20 @@ def test_per_token_file_and_budget(tmp_path: Path, capsys) -> None:  # type: ign
     for h in tokens:
         h[mask == 0] = 1e6
     path = save_hidden_states(tmp_path / "tokens.safetensors", tokens, attention_mask=mask)
-    assert main([str(path), "--bootstrap", "0", "--out", str(tmp_path / "p.json")]) == 0
+    out = str(tmp_path / "p.json")
+    assert main([str(path), "--bootstrap", "0", "--pooling", "mean", "--out", out]) == 0
     pooled = [(h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True) for h in tokens]
     expected = [skdim.id.TwoNN().fit(p.astype(np.float64)).dimension_ for p in pooled]
     plan = RankPlan.from_json(tmp_path / "p.json")
     np.testing.assert_allclose([layer.dimension for layer in plan.layers], expected, rtol=1e-5)
     assert plan.modules == {}  # no model named in the file: ranks per block only
     assert "ranks per block only" in capsys.readouterr().out
+    # By default a per-token file is pooled as tokens: every real token here (fewer than 2,000),
+    # and no budget, since the file names no modules to count.
+    assert main([str(path), "--bootstrap", "0", "--out", out]) == 0
+    plan = RankPlan.from_json(out)
+    assert plan.capture["pooling_in_profile"] == "tokens" and plan.budget is None
+    assert plan.capture["n_samples"] == int(mask.sum())
 
 
 def test_budget_from_the_command_line(tmp_path: Path, hidden_file: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -180,7 +191,7 @@ def bad_inputs(tmp: Path, hidden_file: Path, minilm_dir: Path) -> dict[str, tupl
         "binary text": ([checkpoint, "--data", str(tmp / "binary.txt")], "not UTF-8"),
         "bad jsonl": ([checkpoint, "--data", str(tmp / "bad.jsonl")], "line 2"),
         "too many": (
-            [checkpoint, "--data", str(tmp / "few.txt"), "--n-samples", "3"],
+            [checkpoint, "--data", str(tmp / "few.txt"), "--n-samples", "3", "--pooling", "mean"],
             "--n-samples 3 is larger than the data, which holds 2 texts",
         ),
         "too many rows": ([str(hidden_file), "--n-samples", "61"], "holds only 60 examples"),
@@ -285,7 +296,10 @@ def test_option_errors_name_the_option(hidden_file: Path, capsys) -> None:  # ty
         "--alpha-over-r": ("0", "must be a finite number > 0"),
         "--rank-min": ("1.5", "must be an int >= 1, got '1.5'"),
         "--bootstrap": ("-2", "must be an int >= 0"),
-        "--budget": ("uniform:0", "must be an int >= 1 or 'uniform:<r>'"),
+        "--budget": (
+            "uniform:0",
+            "must be an int >= 1 or 'uniform:<r>' with an int r >= 1, 'auto'",
+        ),
     }
     for option, (value, message) in cases.items():
         code, error = run_main([str(hidden_file), option, value], capsys)

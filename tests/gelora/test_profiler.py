@@ -18,7 +18,8 @@ from lorax_core.gelora.profiler import read_texts
 def test_hidden_states_file_matches_skdim_and_the_command(
     tmp_path: Path, hidden_file: Path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    result = profile(hidden_file, bootstrap=0, c=2.0, target_modules=["query", "value"])
+    targets = ["query", "value"]
+    result = profile(hidden_file, bootstrap=0, c=2.0, target_modules=targets, budget=None)
     assert capsys.readouterr().err == ""  # no progress bars unless asked for
     assert isinstance(result, ProfileResult) and len(result.ids) == 7
     layers = load_hidden_states(hidden_file).layers
@@ -29,9 +30,20 @@ def test_hidden_states_file_matches_skdim_and_the_command(
     assert result.plan.estimator == {"name": "twonn", "params": {"bootstrap": 0, "random_state": 0}}
     out = tmp_path / "plan.json"
     args = [str(hidden_file), "--bootstrap", "0", "--c", "2", "--targets", "query,value"]
+    args += ["--budget", "none"]
     assert main([*args, "--out", str(out)]) == 0
     assert RankPlan.from_json(out) == result.plan
     assert "ID (twonn)" in capsys.readouterr().err  # the command shows them
+
+
+def test_defaults_are_what_the_comparison_chose(hidden_file: Path) -> None:
+    plan = profile(hidden_file, bootstrap=0).plan  # a pooled file naming its modules
+    assert plan.budget == plan.uniform_parameters(8) >= plan.num_parameters
+    assert plan.capture["pooling_in_profile"] == plan.capture["pooling"] == "mean"  # as pooled
+    raw = profile(hidden_file, bootstrap=0, budget=None).plan
+    assert raw.budget is None and raw.c == 1.0
+    with pytest.raises(ValueError, match="profile: budget must be"):
+        profile(hidden_file, budget="automatic")
 
 
 def test_loaded_model_equals_its_checkpoint(

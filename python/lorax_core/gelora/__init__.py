@@ -9,7 +9,7 @@ Hidden states → IDs → plan:
 
 or all of it in one call, from a checkpoint, a loaded model or a hidden-states file:
 
->>> plan = profile("checkpoint/", "texts.jsonl", budget="uniform:8").plan
+>>> plan = profile("checkpoint/", "texts.jsonl").plan  # tokens pooling, rank-8 LoRA's budget
 
 The ``lorax-profile`` command (:mod:`lorax_core.gelora.cli`) is a shell around :func:`profile`.
 """

@@ -26,8 +26,11 @@ from typing import Any, NoReturn
 from lorax_core._validation import Constraint, NoneValue, check, rule_text
 from lorax_core.gelora.capture import POOLINGS
 from lorax_core.gelora.profiler import (
+    AUTO,
     CHECKPOINT_NAME,
+    DEFAULT_BUDGET,
     DEFAULT_N_SAMPLES,
+    DEFAULT_POOLING,
     DEVICE_MAPS,
     DTYPES,
     ESTIMATORS,
@@ -71,8 +74,17 @@ def _typed(parse: Callable[[str], Any], *constraints: Constraint) -> Callable[[s
     return convert
 
 
-def _budget(text: str) -> int | str:
-    return int(text) if text.isascii() and text.isdigit() else text
+def _budget(text: str) -> int | str | None:
+    """``--budget``: N, ``uniform:<r>``, ``auto`` or ``none`` (None: the raw rule)."""
+    if text in (AUTO, "none"):
+        return None if text == "none" else AUTO
+    number = int(text) if text.isascii() and text.isdigit() else text
+    try:
+        return check(PROG, "value", number, *BUDGET_RULES[:2])
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be {rule_text(BUDGET_RULES[:2])}, 'auto' or 'none', got {text!r}"
+        ) from None
 
 
 def _device_map(text: str) -> str | dict[str, Any]:
@@ -139,7 +151,8 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         {
             "choices": POOLINGS,
             "help": "how token states become rows: mean over real tokens, the first (cls) or "
-            "last real token, or a random subset of all real tokens",
+            "last real token, or a random subset of all real tokens; None: "
+            f"{DEFAULT_POOLING} (a pooled hidden-states file: as it was pooled)",
         },
     ),
     (
@@ -155,9 +168,11 @@ _OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "budget",
         "--budget",
         {
-            "type": _typed(_budget, *BUDGET_RULES[:2]),
-            "metavar": "N|uniform:R",
-            "help": "total LoRA parameters, or those of uniform rank-R LoRA; solves for --c",
+            "type": _budget,
+            "metavar": "N|uniform:R|auto|none",
+            "help": "total LoRA parameters, or those of uniform rank-R LoRA, solving for --c; "
+            f"auto: {DEFAULT_BUDGET} where the plan has modules to count; none: the raw rule "
+            "(--c)",
         },
     ),
     (
@@ -223,7 +238,8 @@ output: the per-layer ID table and the plan on stdout; --out writes the plan JSO
 PNG (needs matplotlib: pip install '.[plot]' from a source checkout). Nothing is written
 without them.
 exit status: 0 on success, 2 with a one-line message on bad input.
-example: {PROG} --demo --budget uniform:8 --out plan.json
+examples: {PROG} --demo --out plan.json    (tokens pooling, uniform rank-8 LoRA's budget)
+          {PROG} --demo --pooling mean --budget none    (mean pooling, the raw rule)
 """
 
 
@@ -295,8 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = result.plan
     print(format_table(plan))
     print()
-    uniform = isinstance(args.budget, str)  # "uniform:<r>"
-    print(format_modules(plan, int(args.budget.removeprefix(UNIFORM_PREFIX)) if uniform else 8))
+    budget = DEFAULT_BUDGET if args.budget == AUTO else args.budget
+    uniform = isinstance(budget, str)  # "uniform:<r>"
+    print(format_modules(plan, int(budget.removeprefix(UNIFORM_PREFIX)) if uniform else 8))
     print()
     if args.out is None:
         print("plan not written to a file (--out FILE writes it)")

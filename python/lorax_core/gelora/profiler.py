@@ -8,9 +8,11 @@
 - a loaded model with its tokenizer, plus texts;
 
 pools the hidden states h_0 … h_L, estimates their intrinsic dimensions d_0 … d_L and applies
-the rank rule. The ``lorax-profile`` command is a thin shell around it.
+the rank rule. The ``lorax-profile`` command is a thin shell around it. By default it pools
+every real token (``pooling="tokens"``) and spends uniform rank-8 LoRA's parameter count
+(``budget="auto"``): the pair that won the method comparison (docs/comparison.md).
 
->>> result = profile("checkpoint/", "texts.jsonl", budget="uniform:8")   # doctest: +SKIP
+>>> result = profile("checkpoint/", "texts.jsonl")                       # doctest: +SKIP
 >>> result.plan.to_peft_config()                                         # doctest: +SKIP
 """
 
@@ -46,7 +48,10 @@ from lorax_core.gelora.stability import MIN_RESAMPLES, RANK_MODES, resample_dime
 from lorax_core.gelora.states import holds_hidden_states, load_hidden_states
 
 __all__ = [
+    "AUTO",
+    "DEFAULT_BUDGET",
     "DEFAULT_N_SAMPLES",
+    "DEFAULT_POOLING",
     "DEVICE_MAPS",
     "DTYPES",
     "ESTIMATORS",
@@ -57,6 +62,13 @@ __all__ = [
 
 #: Rows per layer when ``n_samples`` is not given (fewer if the data holds fewer).
 DEFAULT_N_SAMPLES = 2000
+#: The pooling of per-token states when ``pooling`` is not given, and the budget that
+#: ``budget="auto"`` means: what won the method comparison at equal parameter count
+#: (docs/comparison.md, "How the table sets GeLoRA's defaults").
+DEFAULT_POOLING = "tokens"
+DEFAULT_BUDGET = "uniform:8"
+#: ``budget="auto"``: ``DEFAULT_BUDGET`` where the plan has modules to count, else the raw rule.
+AUTO = "auto"
 ESTIMATORS = ("twonn", "mle")
 CHECKPOINT_NAME = "model.safetensors"
 #: Fewest rows an ID estimate takes (TwoNN needs two neighbours of a point).
@@ -124,7 +136,7 @@ class _Hidden:
         val.NoneValue(),
     ],
     data_name=[val.Instance(str), val.NoneValue()],
-    pooling=val.Options(POOLINGS),
+    pooling=[val.Options(POOLINGS), val.NoneValue()],
     estimator=val.Options(ESTIMATORS),
     k=val.Integer(low=1),
     bootstrap=val.Integer(low=0),
@@ -151,14 +163,14 @@ def profile(
     *,
     tokenizer: Any = None,
     data_name: str | None = None,
-    pooling: str = "mean",
+    pooling: str | None = None,
     estimator: str = "twonn",
     k: int = 20,
     bootstrap: int = 20,
     n_samples: int | None = None,
     seed: int = 0,
     target_modules: str | Sequence[str] | None = "all-linear",
-    budget: Budget | None = None,
+    budget: Budget | None = AUTO,
     c: float = 1.0,
     offset: int = 1,
     rank_min: int = 1,
@@ -187,7 +199,9 @@ def profile(
             truncation=True, max_length=…, return_tensors="pt")``).
         data_name: how the plan's ``capture`` names the texts (default: the file's name, or
             ``"texts"``).
-        pooling: ``mean`` | ``cls`` | ``last`` | ``tokens`` (see ``capture``).
+        pooling: ``mean`` | ``cls`` | ``last`` | ``tokens`` (see ``capture``). None (the
+            default): ``DEFAULT_POOLING`` (``tokens``) for a model, a checkpoint or a per-token
+            hidden-states file; a pooled ``[n, D]`` file is taken as it was pooled.
         estimator, k, bootstrap: the ID estimator (``twonn`` or ``mle`` with ``k`` neighbours)
             and its bootstrap resamples: each layer's interval, and as many joint resamples
             of all layers (:mod:`lorax_core.gelora.stability`) for every block's Δd interval,
@@ -197,7 +211,10 @@ def profile(
             ``DEFAULT_N_SAMPLES`` or all the data holds, if fewer. Texts are sampled with
             ``seed``, which also seeds the token subset and the bootstrap.
         target_modules, budget, c, offset, rank_min, rank_max, alpha_over_r: see
-            :func:`lorax_core.gelora.plan_ranks`.
+            :func:`lorax_core.gelora.plan_ranks`. ``budget="auto"`` (the default) is
+            ``DEFAULT_BUDGET`` (uniform rank-8 LoRA's parameter count) when the plan has
+            modules to count, else (a hidden-states file without module shapes) the raw
+            rule; None is always the raw rule (``c``).
         batch_size, max_length: texts per forward pass, tokens per text.
         progress: show progress bars on stderr.
         rank_mode: ``plain`` (default) or ``noise-aware``: extra rank only where a block's ID
@@ -223,7 +240,8 @@ def profile(
             (``h_<i>: …``).
         ModuleNotFoundError: ``transformers`` is needed (checkpoints) and not installed.
     """
-    budget = check_budget("profile", "budget", budget)
+    auto_budget = budget == AUTO
+    budget = None if auto_budget else check_budget("profile", "budget", budget)
     if rank_max is not None:
         val.check("profile", "rank_max", rank_max, val.Integer(low=rank_min), val.NoneValue())
     if rank_mode == "noise-aware" and bootstrap < MIN_RESAMPLES:
@@ -249,6 +267,7 @@ def profile(
         if texts is None or tokenizer is None:
             raise ValueError("profile: texts and tokenizer must be given to run a loaded model")
         placement.refuse("a loaded model (place it yourself)")
+        options = options.per_token()
         hidden = _from_model(source, tokenizer, _Texts.of(texts, data_name, options), options)
     else:
         hidden = _from_path(Path(source), texts, data_name, options, placement)
@@ -266,6 +285,8 @@ def profile(
             seed,
             progress=progress,
         )
+    if auto_budget and hidden.shapes is not None:
+        budget = DEFAULT_BUDGET
     settings = (c, offset, rank_min, rank_max, alpha_over_r, budget, rank_mode)
     rule: dict[str, Any] = dict(zip(RULE_FIELDS, settings, strict=True))
     plan = plan_ranks(ids, hidden.shapes, target_modules, resamples=resamples, **rule)
@@ -280,7 +301,7 @@ def profile(
 
 @dataclass(frozen=True)
 class _Options:
-    pooling: str
+    pooling: str | None  # None: DEFAULT_POOLING, or a pooled file's own pooling
     n_samples: int | None
     seed: int
     batch_size: int
@@ -289,6 +310,10 @@ class _Options:
     target_modules: str | Sequence[str] | None
     skip_first: bool | None
     final_norm: bool
+
+    def per_token(self) -> _Options:
+        """These options for per-token states: pooling None is ``DEFAULT_POOLING``."""
+        return dataclasses.replace(self, pooling=self.pooling or DEFAULT_POOLING)
 
 
 @dataclass(frozen=True)
@@ -393,6 +418,7 @@ def _from_path(
         raise ValueError(f"{path}: a checkpoint must be named {CHECKPOINT_NAME}")
     if texts is None:
         raise ValueError(f"profile: texts must be given to run the model checkpoint {path}")
+    options = options.per_token()
     chosen = _Texts.of(texts, data_name, options)
     model, tokenizer = _load_transformers(path.parent, placement)
     hidden = _from_model(model, tokenizer, chosen, options)
@@ -405,6 +431,8 @@ def _from_path(
 
 def _from_file(path: Path, options: _Options) -> _Hidden:
     states = load_hidden_states(path)
+    if states.layers[0].ndim == 3:
+        options = options.per_token()
     n_samples = options.n_samples
     if n_samples is None and options.pooling == "tokens" and states.layers[0].ndim == 3:
         mask = states.attention_mask
@@ -415,7 +443,7 @@ def _from_file(path: Path, options: _Options) -> _Hidden:
     layers = pool_hidden_states(
         states.layers,
         states.attention_mask,
-        pooling=options.pooling,
+        pooling=options.pooling or "mean",  # a pooled file's own pooling: any but tokens
         n_samples=n_samples,
         seed=options.seed,
         skip_first=options.skip_first is True,
@@ -424,7 +452,8 @@ def _from_file(path: Path, options: _Options) -> _Hidden:
     if shapes is not None:
         select_targets(shapes, options.target_modules)  # fail before the estimation, not after
     capture: dict[str, Any] = {k: v for k, v in states.metadata.items() if k != "modules"}
-    capture.update(pooling_in_profile=options.pooling, n_samples=layers[0].shape[0])
+    pooled_as = options.pooling or capture.get("pooling")  # None: the file does not say
+    capture.update(pooling_in_profile=pooled_as, n_samples=layers[0].shape[0])
     model_info = {"hidden_states": path.name, "model": states.metadata.get("model")}
     return _Hidden(layers, shapes, model_info, capture)
 
@@ -449,6 +478,7 @@ def _module_shapes(path: Path, raw: str | None) -> dict[str, tuple[int, int]] | 
 
 
 def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Options) -> _Hidden:
+    pooling = options.pooling or DEFAULT_POOLING
     shapes = linear_modules(model)
     skip_first = is_causal_lm(model) if options.skip_first is None else options.skip_first
     select_targets(shapes, options.target_modules)  # fail before the capture, not after
@@ -463,7 +493,7 @@ def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Optio
         layers = capture_hidden_states(
             model,
             _batches(tokenizer, texts.chosen, options, bar.update),
-            pooling=options.pooling,
+            pooling=pooling,
             n_samples=texts.n_samples,
             seed=options.seed,
             skip_first=skip_first,
@@ -481,7 +511,7 @@ def _from_model(model: nn.Module, tokenizer: Any, texts: _Texts, options: _Optio
     capture = {
         "data": texts.name,
         "n_texts": texts.n_texts,
-        "pooling": options.pooling,
+        "pooling": pooling,
         "n_samples": texts.n_samples,
         "seed": options.seed,
         "max_length": options.max_length,
