@@ -188,7 +188,8 @@ def numpy_move(value: np.ndarray, perm: list[int], dim: int, n_keep: int) -> np.
 
 @st.composite
 def slot_moves(draw):  # type: ignore[no-untyped-def]
-    """Tensors of a few shapes (so that several share a batch), each with a perm and n_keep."""
+    """Tensors of a few shapes (so that several share a batch), each with a perm (the identity
+    or a random one) and n_keep."""
     cap = draw(st.integers(1, 6))
     shapes = draw(
         st.lists(
@@ -209,7 +210,8 @@ def slot_moves(draw):  # type: ignore[no-untyped-def]
     moves = []
     for (shape, dim), dtype in zip(shapes, dtypes, strict=True):
         tensor = torch.from_numpy(rng.standard_normal(shape)).to(dtype)
-        perm = rng.permutation(cap).tolist()
+        # Half the moves keep their slots in place (zeroed tails only), as most do in training.
+        perm = rng.permutation(cap).tolist() if rng.random() < 0.5 else list(range(cap))
         moves.append((tensor, perm, dim, int(rng.integers(0, cap + 1))))
     return moves
 

@@ -233,18 +233,27 @@ def permute_rank_axes_(moves: Sequence[SlotMove]) -> None:
     Batched: tensors of one shape, dtype, device and ``dim`` are stacked (at most
     ``_BATCH_ELEMENTS`` elements at a time) and moved by one ``gather``, one ``masked_fill_``
     and one ``_foreach_copy_``, so the cost does not grow with the number of tensors in Python
-    operations. Copies only: the values are exactly those of the per-tensor ``index_select``.
-    A tensor must appear at most once; ``perm`` has ``tensor.shape[dim]`` entries.
+    operations. A tensor whose ``perm`` is the identity (most of them on most allocation steps)
+    is not moved: only its slots ``≥ n_keep`` are zeroed, all such tensors in one
+    ``_foreach_zero_``. Copies only: the values are exactly those of the per-tensor
+    ``index_select``. A tensor must appear at most once; ``perm`` has ``tensor.shape[dim]``
+    entries.
     """
     groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device, int], list[SlotMove]] = {}
+    tails: list[torch.Tensor] = []  # the slots ≥ n_keep of the tensors that stay in place
     for move in moves:
-        tensor, perm, dim, _ = move
-        if len(perm) != tensor.shape[dim]:
-            raise ValueError(
-                f"permute_rank_axes_: perm must have {tensor.shape[dim]} entries, got {len(perm)}"
-            )
+        tensor, perm, dim, n_keep = move
+        size = tensor.shape[dim]
+        if len(perm) != size:
+            raise ValueError(f"permute_rank_axes_: perm must have {size} entries, got {len(perm)}")
+        if list(perm) == list(range(size)):
+            if n_keep < size:
+                tails.append(tensor.narrow(dim, max(n_keep, 0), size - max(n_keep, 0)))
+            continue
         key = (tuple(tensor.shape), tensor.dtype, tensor.device, dim)
         groups.setdefault(key, []).append(move)
+    if tails:
+        torch._foreach_zero_(tails)
     for (shape, _, device, dim), members in groups.items():
         chunk = max(1, _BATCH_ELEMENTS // max(1, math.prod(shape)))
         for start in range(0, len(members), chunk):
