@@ -122,3 +122,12 @@ def test_merge_of_a_tied_head_is_refused_until_untied() -> None:
     merge(model)
     assert torch.equal(model.embed.weight, embedding)
     torch.testing.assert_close(model(IDS), trained, atol=1e-4, rtol=1e-5)
+
+
+def test_weights_without_storage_are_tied_only_by_identity() -> None:
+    # On the meta device no tensor has a storage address: ties are found by identity alone,
+    # and untied weights are not all taken for one shared storage.
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    model[2].weight = model[0].weight
+    assert shared_weights(model, ["0", "1", "2"]) == {"0": ["2.weight"], "2": ["0.weight"]}
