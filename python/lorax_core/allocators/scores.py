@@ -247,8 +247,9 @@ def permute_rank_axes_(moves: Sequence[SlotMove]) -> None:
         if len(perm) != size:
             raise ValueError(f"permute_rank_axes_: perm must have {size} entries, got {len(perm)}")
         if list(perm) == list(range(size)):
-            if n_keep < size:
-                tails.append(tensor.narrow(dim, max(n_keep, 0), size - max(n_keep, 0)))
+            start = max(n_keep, 0)
+            if start < size:
+                tails.append(tensor.narrow(dim, start, size - start))
             continue
         key = (tuple(tensor.shape), tensor.dtype, tensor.device, dim)
         groups.setdefault(key, []).append(move)

@@ -431,10 +431,11 @@ def _from_path(
 
 def _from_file(path: Path, options: _Options) -> _Hidden:
     states = load_hidden_states(path)
-    if states.layers[0].ndim == 3:
+    per_token = states.layers[0].ndim == 3
+    if per_token:
         options = options.per_token()
     n_samples = options.n_samples
-    if n_samples is None and options.pooling == "tokens" and states.layers[0].ndim == 3:
+    if n_samples is None and options.pooling == "tokens" and per_token:
         mask = states.attention_mask
         available = (
             int(mask.sum()) if mask is not None else int(np.prod(states.layers[0].shape[:2]))
