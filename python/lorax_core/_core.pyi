@@ -105,6 +105,18 @@ def nystrom(
     rcond: float | None = None,
 ) -> NystromFactors: ...
 
+# --- importance step on CPU buffers (rust/py/src/importance.rs) ---
+
+def _importance_update_f32(
+    tensors: list[tuple[int, int, int, int, int, int, int, int]],
+    scores: int,
+    scores_len: int,
+    beta1: float,
+    beta2: float,
+) -> None:
+    """Private to ``lorax_core.kernels``: addresses of live float32 CPU tensors
+    ``(param, grad, ipt, unc, rows, cols, rank_dim, score_offset)`` and of the scores."""
+
 # --- rank allocator: AdaLoRA / ElaLoRA (rust/py/src/allocator.rs) ---
 
 @final

@@ -3,6 +3,8 @@ oracles (numpy loops, the dense float64 matrix). CUDA tests skip without a devic
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,151 @@ def test_ops_schemas_and_fake_implementations() -> None:
 
 
 # -- kernels against the references (CUDA) -----------------------------------------------------
+
+
+# -- the Rust loop on CPU float32 against a float64 oracle ----------------------------------
+
+
+def _oracle(params, grads, ipt, unc, dims, offsets, total, beta1, beta2):  # type: ignore[no-untyped-def]
+    """The formulas in float64 numpy from the same inputs: new EMAs and per-rank scores."""
+    new_ipt, new_unc, scores = [], [], np.zeros(total)
+    for p, g, a, b, dim, off in zip(params, grads, ipt, unc, dims, offsets, strict=True):
+        cur = np.abs(p.double().numpy() * g.double().numpy())
+        i1 = beta1 * a.double().numpy() + (1 - beta1) * cur
+        u1 = beta2 * b.double().numpy() + (1 - beta2) * np.abs(cur - i1)
+        new_ipt.append(i1)
+        new_unc.append(u1)
+        if dim >= 0:
+            s = i1 * u1
+            s = s.mean(axis=1 - dim) if s.ndim == 2 else s
+            scores[off : off + s.size] += s
+    return new_ipt, new_unc, scores
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_cpu_float32_update_matches_a_float64_oracle(strided: bool) -> None:
+    params, grads, ipt, unc, dims, offsets, total = _setup(torch.float32, "cpu", strided=strided)
+    # One large module too, past the size at which the loop runs on several threads.
+    gen = torch.Generator().manual_seed(1)
+    for shape, dim in (((600, 512), 0), ((600,), 0), ((512, 600), 1)):
+        params.append(torch.randn(shape, generator=gen))
+        grads.append(torch.randn(shape, generator=gen))
+        ipt.append(torch.rand(shape, generator=gen))
+        unc.append(torch.rand(shape, generator=gen))
+        dims.append(dim)
+        offsets.append(total)
+    total += 600
+    dims[1] = -1  # an unscored tensor: EMAs updated, no score
+    want_ipt, want_unc, want_scores = _oracle(
+        params, grads, ipt, unc, dims, offsets, total, 0.85, 0.6
+    )
+    scores = torch.full((total,), 7.0)
+    assert kernels.fuses_importance(scores, *params)
+    used = kernels.importance_update_(
+        params, grads, ipt, unc, 0.85, 0.6, rank_dims=dims, score_offsets=offsets, scores=scores
+    )
+    assert used
+    for a, b, wa, wu in zip(ipt, unc, want_ipt, want_unc, strict=True):
+        np.testing.assert_allclose(a.double().numpy(), wa, rtol=2e-6, atol=1e-30)
+        np.testing.assert_allclose(b.double().numpy(), wu, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(scores.double().numpy(), want_scores, rtol=1e-5, atol=1e-30)
+
+
+@given(
+    rows=st.integers(1, 30),
+    cols=st.integers(1, 30),
+    beta1=st.floats(0.01, 0.99),
+    beta2=st.floats(0.01, 0.99),
+    seed=st.integers(0, 2**16),
+)
+def test_cpu_float32_update_equals_the_torch_reference(rows, cols, beta1, beta2, seed) -> None:  # type: ignore[no-untyped-def]
+    """The Rust loop and the ``torch._foreach`` reference agree for any shape and betas (the
+    lerp's rounding included: both branches of ``torch.lerp`` are drawn)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes, dims = [(rows, cols), (rows,), (cols, rows)], [0, 0, 1]
+    made = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+    emas = [[torch.rand(s, generator=gen) for s in shapes] for _ in range(2)]
+    ref = [[t.clone() for t in e] for e in emas]
+    scores, want = torch.empty(rows), torch.empty(rows)
+    kernels.importance_update_(
+        *made, *emas, beta1, beta2, rank_dims=dims, score_offsets=[0, 0, 0], scores=scores
+    )
+    reference.importance_update_(*made, *ref, beta1, beta2)
+    reference.rank_scores_(*ref, dims, [0, 0, 0], want)
+    for got, exp in zip(emas[0] + emas[1], ref[0] + ref[1], strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-7)
+
+
+def test_cpu_update_of_other_dtypes_and_subclasses_takes_the_reference() -> None:
+    params, grads, ipt, unc, dims, offsets, total = _setup(torch.float64, "cpu")
+    scores = torch.empty(total, dtype=torch.float32)
+    assert not kernels.fuses_importance(scores, *params)
+    want_ipt, want_unc, want_scores = _oracle(
+        params, grads, ipt, unc, dims, offsets, total, 0.8, 0.7
+    )
+    kernels.importance_update_(
+        params, grads, ipt, unc, 0.8, 0.7, rank_dims=dims, score_offsets=offsets, scores=scores
+    )
+    for a, b, wa, wu in zip(ipt, unc, want_ipt, want_unc, strict=True):
+        np.testing.assert_allclose(a.numpy(), wa, rtol=1e-12)
+        np.testing.assert_allclose(b.numpy(), wu, rtol=1e-12)
+    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=1e-6)
+    # A tensor subclass's data_ptr is not its values: never handed to the Rust loop.
+    assert kernels.fuses_importance(torch.empty(3), torch.nn.Parameter(torch.ones(3)))
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    assert not kernels.fuses_importance(torch.empty(3), torch.ones(3).as_subclass(Wrapped))
+
+
+def test_cpu_loop_rejects_overlapping_or_bad_buffers() -> None:
+    from lorax_core import _core
+
+    p, g, a, u = (torch.rand(4, 3) for _ in range(4))
+    scores = torch.zeros(4)
+    good = (p.data_ptr(), g.data_ptr(), a.data_ptr(), u.data_ptr(), 4, 3, 0, 0)
+    _core._importance_update_f32([good], scores.data_ptr(), 4, 0.85, 0.85)
+    before = (a.clone(), u.clone(), scores.clone())
+    bad = {
+        "overlaps": [(p.data_ptr(), g.data_ptr(), a.data_ptr(), a.data_ptr(), 4, 3, 0, 0)],
+        "null": [(p.data_ptr(), g.data_ptr(), 0, u.data_ptr(), 4, 3, 0, 0)],
+        "aligned": [(p.data_ptr() + 1, g.data_ptr(), a.data_ptr(), u.data_ptr(), 4, 3, 0, 0)],
+        "rank_dim": [(*good[:6], 2, 0)],
+        "run past": [(*good[:7], 1)],
+        "(0, 1)": [good],
+    }
+    for match, tensors in bad.items():
+        beta = 1.0 if match == "(0, 1)" else 0.85
+        with pytest.raises(ValueError, match=re.escape(match)):
+            _core._importance_update_f32(tensors, scores.data_ptr(), 4, beta, 0.85)
+    with pytest.raises(ValueError, match="overlaps"):  # the scores inside a written EMA
+        _core._importance_update_f32([good], a.data_ptr(), 4, 0.85, 0.85)
+    for t, b in zip((a, u, scores), before, strict=True):
+        torch.testing.assert_close(t, b, rtol=0, atol=0)
+
+
+def test_cpu_allocator_scores_are_filled_in_the_update_pass() -> None:
+    from lorax_core.adapters import SVDLinear
+    from lorax_core.allocators import ImportanceScores
+
+    torch.manual_seed(0)
+    mods = {str(i): SVDLinear(torch.nn.Linear(64 + i, 48 - i), r=4, r_max=6) for i in range(5)}
+    for m in mods.values():
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+    fused = ImportanceScores(mods, 0.85, 0.85)
+    fused.update()
+    assert fused._fresh
+    mods["0"].lora_B.grad = None  # an incomplete set takes the per-module path
+    plain = ImportanceScores(mods, 0.85, 0.85)
+    plain.update()
+    assert not plain._fresh
+    mods["0"].lora_B.grad = torch.zeros_like(mods["0"].lora_B)
+    for name, got, want in zip(mods, fused.rank_scores(), plain.rank_scores(), strict=True):
+        if name != "0":
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.cuda

@@ -9,7 +9,8 @@ and per rank ``i``: ``S_i = s(E_i) + mean_j s(A_ij) + mean_j s(B_ji)``.
 
 :func:`update_importance_` runs on the parameters' device and never synchronises with the host: on
 CUDA it is one fused kernel launch that also computes the per-rank scores of every module
-(:mod:`lorax_core.kernels`); elsewhere (and with ``LORAX_DISABLE_CUDA_KERNELS=1``) it is the
+(:mod:`lorax_core.kernels`); for float32 CPU tensors it is one call into the Rust core that does
+the same; otherwise (and on CUDA with ``LORAX_DISABLE_CUDA_KERNELS=1``) it is the
 ``torch._foreach_*`` reference over all tensors at once. Only
 :meth:`ImportanceScores.rank_scores_host`, called on allocation steps, copies the small per-rank
 vectors to the host.
@@ -88,6 +89,12 @@ class ImportanceScores:
         for name, module in self.modules.items():
             self._offsets[name] = total
             total += module.capacity
+        # Every scored tensor: (module, parameter name, its Ī, its Ū, rank axis, score offset).
+        self._slots = [
+            (module, p_name, self.ipt[name][i], self.unc[name][i], dim, self._offsets[name])
+            for name, module in self.modules.items()
+            for i, (p_name, dim) in enumerate(RANK_AXES)
+        ]
         device = next(iter(self.modules.values())).lora_A.device if self.modules else None
         self._scores = torch.zeros(total, dtype=torch.float32, device=device)
         self._fresh = False
@@ -99,19 +106,18 @@ class ImportanceScores:
         in the same pass (used by :meth:`rank_scores` until the next change of the EMAs).
         """
         params, grads, ipt, unc, dims, offsets = [], [], [], [], [], []
-        for name, module in self.modules.items():
-            for i, (p_name, dim) in enumerate(RANK_AXES):
-                p = getattr(module, p_name)
-                if p.grad is None:
-                    continue
-                params.append(p.detach())
-                grads.append(p.grad)
-                ipt.append(self.ipt[name][i])
-                unc.append(self.unc[name][i])
-                dims.append(dim)
-                offsets.append(self._offsets[name])
+        for module, p_name, a, b, dim, offset in self._slots:
+            p = getattr(module, p_name)
+            if p.grad is None:
+                continue
+            params.append(p)
+            grads.append(p.grad)
+            ipt.append(a)
+            unc.append(b)
+            dims.append(dim)
+            offsets.append(offset)
         complete = len(params) == len(RANK_AXES) * len(self.modules)
-        fused = complete and kernels.uses_kernel(self._scores, *params)
+        fused = complete and kernels.fuses_importance(self._scores, *params)
         kernels.importance_update_(
             params,
             grads,

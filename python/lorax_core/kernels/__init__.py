@@ -1,7 +1,7 @@
 """CUDA kernels for training, with their pure-PyTorch references (docs/kernels.md).
 
 - :func:`importance_update_`: the AdaLoRA/ElaLoRA importance EMAs and per-rank scores of every
-  adapter tensor in one launch;
+  adapter tensor in one launch (on CPU, one call into the Rust core for float32 tensors);
 - :func:`dora_row_norm`: DoRA's ``‖W + s·B A‖_row`` in one read of W;
 - :mod:`lorax_core.kernels.knn`: exact kNN in chunks on a torch device (the GPU path of
   :mod:`lorax_core.id`);
@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from lorax_core.kernels import reference
 from lorax_core.kernels._loader import DISABLE_ENV, build, disabled, load, status
-from lorax_core.kernels.ops import KERNEL_DTYPES, dora_row_norm, importance_update_, uses_kernel
+from lorax_core.kernels.ops import (
+    KERNEL_DTYPES,
+    dora_row_norm,
+    fuses_importance,
+    importance_update_,
+    uses_kernel,
+)
 
 __all__ = [
     "DISABLE_ENV",
@@ -25,6 +31,7 @@ __all__ = [
     "build",
     "disabled",
     "dora_row_norm",
+    "fuses_importance",
     "importance_update_",
     "load",
     "reference",

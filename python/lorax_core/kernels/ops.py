@@ -15,9 +15,16 @@ from collections.abc import Sequence
 
 import torch
 
+from lorax_core import _core
 from lorax_core.kernels import _loader, reference
 
-__all__ = ["KERNEL_DTYPES", "dora_row_norm", "importance_update_", "uses_kernel"]
+__all__ = [
+    "KERNEL_DTYPES",
+    "dora_row_norm",
+    "fuses_importance",
+    "importance_update_",
+    "uses_kernel",
+]
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -73,6 +80,57 @@ def uses_kernel(*tensors: torch.Tensor) -> bool:
     return _loader.load()
 
 
+# Tensor types whose ``data_ptr`` is their own memory (not a subclass such as ``DTensor``).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def fuses_importance(scores: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether :func:`importance_update_` fills ``scores`` in the same pass as the EMAs for these
+    parameters (so it costs nothing extra to ask for them): the CUDA kernel, or the Rust loop for
+    float32 CPU tensors."""
+    if uses_kernel(scores, *params):
+        return True
+    return all(
+        type(t) in _PLAIN and t.dtype == torch.float32 and t.is_cpu for t in (scores, *params)
+    )
+
+
+def _cpu_buffers(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    ipt: Sequence[torch.Tensor],
+    unc: Sequence[torch.Tensor],
+    rank_dims: Sequence[int],
+    score_offsets: Sequence[int],
+) -> list[tuple[int, int, int, int, int, int, int, int]] | None:
+    """The Rust loop's view of the tensors — ``(param, grad, ipt, unc)`` addresses, ``rows``,
+    ``cols``, rank axis, score offset — or ``None`` unless every tensor is a plain (not a
+    subclass such as ``DTensor``), C-contiguous float32 CPU tensor of at most two dimensions and
+    each quadruple has one shape."""
+    f32, plain = torch.float32, _PLAIN
+    out = []
+    for p, g, a, b, dim, off in zip(params, grads, ipt, unc, rank_dims, score_offsets, strict=True):
+        shape = p.shape
+        if (
+            len(shape) > 2
+            or type(p) not in plain
+            or type(g) not in plain
+            or type(a) not in plain
+            or type(b) not in plain
+            or not (p.dtype == g.dtype == a.dtype == b.dtype == f32)
+            or not (p.is_cpu and g.is_cpu and a.is_cpu and b.is_cpu)
+            or not (shape == g.shape == a.shape == b.shape)
+            or not (
+                p.is_contiguous() and g.is_contiguous() and a.is_contiguous() and b.is_contiguous()
+            )
+        ):
+            return None
+        rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (p.numel(), 1)
+        ptrs = (p.data_ptr(), g.data_ptr(), a.data_ptr(), b.data_ptr())
+        out.append((*ptrs, rows, cols, dim if len(shape) == 2 or dim < 0 else 0, off))
+    return out
+
+
 @torch.no_grad()
 def importance_update_(
     params: Sequence[torch.Tensor],
@@ -91,24 +149,32 @@ def importance_update_(
     same pass (:func:`lorax_core.kernels.reference.rank_scores_`).
 
     One kernel launch on CUDA (parameter and EMA dtypes float32/float16/bfloat16, EMAs
-    contiguous); the ``torch._foreach`` reference elsewhere. Returns whether ``scores`` was
-    filled (always, when given).
+    contiguous); one call into the Rust core for C-contiguous float32 CPU tensors when
+    ``scores`` is given; the ``torch._foreach`` reference elsewhere. Returns whether ``scores``
+    was filled (always, when given).
     """
     n = len(params)
     dims = list(rank_dims) if rank_dims is not None else [-1] * n
     offsets = list(score_offsets) if score_offsets is not None else [0] * n
-    kernel = (
+    if scores is not None and scores.is_cpu:
+        buffers = _cpu_buffers(params, grads, ipt, unc, dims, offsets)
+        if buffers is not None and scores.dtype == torch.float32 and scores.is_contiguous():
+            # The tensors stay referenced (and the GIL held) for the whole call.
+            _core._importance_update_f32(
+                buffers, scores.data_ptr(), scores.numel(), float(beta1), float(beta2)
+            )
+            return True
+    elif (
         n > 0
         and scores is not None
         and scores.dtype == torch.float32
+        and uses_kernel(scores, *params, *grads, *ipt, *unc)
         and all(a.is_contiguous() and b.is_contiguous() for a, b in zip(ipt, unc, strict=True))
         and all(
             p.dtype == g.dtype == a.dtype == b.dtype
             for p, g, a, b in zip(params, grads, ipt, unc, strict=True)
         )
-        and uses_kernel(scores, *params, *grads, *ipt, *unc)
-    )
-    if kernel:
+    ):
         torch.ops.lorax_core.importance_update_(
             list(ipt), list(unc), list(params), list(grads), dims, offsets, scores, beta1, beta2
         )

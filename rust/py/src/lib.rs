@@ -9,9 +9,10 @@ mod allocator;
 mod arrays;
 mod errors;
 mod id;
+mod importance;
 mod nystrom;
 
-/// The extension module: every class and function of the three binding files.
+/// The extension module: every class and function of the binding files.
 #[pymodule]
 mod _core {
     use super::*;
@@ -24,6 +25,8 @@ mod _core {
     use crate::id::{
         estimate_id, estimate_id_many, knn, PyIdEstimate, PyMle, PyNeighbours, PyOptions, PyTwoNN,
     };
+    #[pymodule_export]
+    use crate::importance::importance_update_f32;
     #[pymodule_export]
     use crate::nystrom::{nystrom, PyNystromFactors};
 

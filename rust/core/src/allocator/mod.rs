@@ -11,6 +11,7 @@
 
 pub mod adalora;
 pub mod elalora;
+pub mod importance;
 pub mod schedule;
 pub mod state;
 
