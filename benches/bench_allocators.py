@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from harness import Samples, timed
+from harness import Samples, copy_bandwidth_gbs, fraction_of_limit, timed
 from lorax_core.adapters import AdapterConfig, inject
 from lorax_core.allocators import AdaLoRA, ElaLoRA
 from lorax_core.datasets import bbc_news, minilm_path
@@ -158,6 +158,21 @@ def run_overhead(steps: int, data) -> None:  # type: ignore[no-untyped-def]
     peft_plain = rows[0][2]
     for name, _, plain, *_ in rows[1:]:
         print(f"ratio PEFT / {name} (ordinary step call): {peft_plain / plain:.1f}x")
+    # The ordinary step's floor: it reads each adapter parameter and gradient and reads and
+    # writes both EMAs (24 bytes per float32 element), all cold after the optimizer's pass.
+    bandwidth = copy_bandwidth_gbs()
+    for (name, _, plain, *_), alloc in zip(rows[1:], (ada, ela), strict=True):
+        elements = sum(
+            getattr(m, p).numel()
+            for m in alloc.modules.values()
+            for p in ("lora_A", "lora_E", "lora_B")
+        )
+        moved = 24 * elements
+        rate = moved / (plain / 1e3) / 1e9
+        print(
+            f"{name} ordinary step: {moved / 2**20:.2f} MiB moved at "
+            + fraction_of_limit(rate, bandwidth, "GB/s", "numpy copy bandwidth")
+        )
     # Step time at the end, after pruning: ours computes at the active rank.
     ranks = ada.ranks()
     print(

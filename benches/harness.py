@@ -191,6 +191,17 @@ def numpy_sgemm_gflops(m: int = 4096, k: int = 768, repeats: int = 3) -> float:
     return 2 * m * m * k / samples.median() / 1e9
 
 
+def copy_bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """The machine's memory bandwidth as one ``numpy.copyto`` sees it: median GB/s (bytes read
+    plus bytes written) copying a ``mib`` MiB float32 array, after one warm-up."""
+    import numpy as np
+
+    src = np.random.default_rng(2).standard_normal(mib * 2**18).astype(np.float32)
+    dst = np.empty_like(src)
+    samples, _ = repeat(lambda: np.copyto(dst, src), repeats, warmup=1)
+    return 2 * src.nbytes / samples.median() / 1e9
+
+
 def rss_mib() -> float:
     """Resident memory of this process in MiB (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as handle:
