@@ -23,6 +23,7 @@ __all__ = [
     "ScheduleOptions",
     "TwoNNOptions",
     "__version__",
+    "_importance_update_f32",
     "adalora_budget",
     "elalora_budget",
     "estimate_id",

@@ -1,7 +1,9 @@
 //! `lorax_core._core`: thin PyO3 bindings over the `lorax-core` crate.
 //!
 //! No numerics live here: each submodule converts arguments, releases the
-//! GIL, calls into the core crate and maps its errors to Python exceptions.
+//! GIL (except `importance`, whose borrowed tensor buffers must stay untouched
+//! by Python during the call), calls into the core crate and maps its errors
+//! to Python exceptions.
 
 use pyo3::prelude::*;
 
