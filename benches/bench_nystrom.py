@@ -58,11 +58,11 @@ def rel_error(W: torch.Tensor, approx: torch.Tensor) -> float:
 
 
 def pass_flops(m: int, n: int, r: int) -> tuple[float, float]:
-    """GEMM flops of (ours, svd_lowrank): ``2·m·n·k`` per pass over ``W``; ours makes
-    ``2q + 1`` passes with ``k = r + oversample`` columns, ``svd_lowrank`` ``2·niter + 2``
-    with ``k = r``."""
+    """GEMM flops of (ours, svd_lowrank): ``2·m·n·k`` per pass over ``W`` with ``k``
+    columns; ours makes ``2q`` passes with ``k = r + oversample`` and one with ``r``,
+    ``svd_lowrank`` ``2·niter + 2`` with ``k = r``."""
     k = min(r + OVERSAMPLE, m, n)
-    return 2.0 * m * n * k * (2 * POWER_ITERS + 1), 2.0 * m * n * r * (2 * NITER + 2)
+    return 2.0 * m * n * (2 * POWER_ITERS * k + r), 2.0 * m * n * r * (2 * NITER + 2)
 
 
 def main() -> None:

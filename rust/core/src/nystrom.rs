@@ -9,14 +9,16 @@
 //! * `power_iters = 0`: `Ψ` is an independent Gaussian (m×p, `p = k + oversample`, more
 //!   oversampling on the left as the method asks), so `C = W X` and `R = Ψᵀ W` take two passes.
 //! * `power_iters = q ≥ 1`: `q` power steps `Ψ = orth(W X)`, `X = orth(Wᵀ Ψ)`; the left sketch
-//!   `R = Ψᵀ W = (Wᵀ Ψ)ᵀ` is a by-product of the last step, so the whole sketch takes
-//!   `2q + 1` passes over `W` (three for the default `q = 1`).
-//! * The core `Ψᵀ C` (p×k) is formed and factored in `f64` whatever the input dtype. A naive
+//!   `R = Ψᵀ W = Hᵀ` with `H = Wᵀ Ψ` is a by-product of the last step, and so is the core
+//!   `Ψᵀ W X = Hᵀ X`, which needs no pass over `W`. Only the left factor `B = W (X V_r)`
+//!   takes one more pass, with `r` columns instead of `k`: `2q` passes with `k` columns and one
+//!   with `r` (for the default `q = 1` at `r = 64`, 212 columns in all instead of 222).
+//! * The core (p×k, or k×k) is formed and factored in `f64` whatever the input dtype. A naive
 //!   exact pseudo-inverse of an r×r core is unstable (errors far above ‖W‖ on real weights);
 //!   here the core's SVD `U Σ Vᵀ` is truncated to rank `r` and inverted with Tikhonov
 //!   regularisation, `σ / (σ² + λ²)` with `λ = rcond·σ₁`, so tiny singular values give factors
 //!   near zero instead of blowing up; singular values below `eps₆₄·max(p, k)·σ₁` (rounding
-//!   noise of the core) count as zero whatever `rcond`. Then `B = C V_r`,
+//!   noise of the core) count as zero whatever `rcond`. Then `B = C V_r = W X V_r`,
 //!   `N = diag(σ_r / (σ_r² + λ²))`, `A = U_rᵀ R`.
 //!
 //! Large products run in the input dtype with faer's parallel GEMM; `W` is only borrowed,
@@ -174,36 +176,40 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
     let k = r.saturating_add(opts.oversample).min(m.min(n));
 
     let mut x: Mat<T> = gaussian(n, k, opts.seed, 0);
-    // `right` is `R = Ψᵀ W` (p×n) without power steps, `H = Wᵀ Ψ = Rᵀ` (n×k) with them.
-    let (psi, right) = if opts.power_iters == 0 {
+    // `core` is the sketched core `Ψᵀ W X` in f64, `right` the left sketch `R = Ψᵀ W`, and
+    // `left_input` what the left factor `W X V_r` is computed from.
+    let (core, right, left_input) = if opts.power_iters == 0 {
         let p = k.saturating_add(opts.oversample).min(m);
         let psi: Mat<T> = gaussian(m, p, opts.seed, 1);
-        let rs = product(psi.transpose(), w, par);
-        (psi, rs)
+        let right = product(psi.transpose(), w, par);
+        let c = product(w, x.as_ref(), par);
+        check_finite(c.as_ref())?;
+        let core = product(
+            widen(psi.transpose()).as_ref(),
+            widen(c.as_ref()).as_ref(),
+            Par::Seq,
+        );
+        (core, right, LeftFactor::Sketch(c))
     } else {
-        let mut psi = Mat::<T>::zeros(m, k);
         let mut h = Mat::<T>::zeros(n, k);
         for _ in 0..opts.power_iters {
             let g = product(w, x.as_ref(), par);
             check_finite(g.as_ref())?;
-            psi = orthonormal(g.as_ref());
+            let psi = orthonormal(g.as_ref());
             h = product(w.transpose(), psi.as_ref(), par);
             x = orthonormal(h.as_ref());
         }
-        (psi, h)
+        // `Ψᵀ W X = Hᵀ X` needs no pass over W, and the left factor `W X V_r` is one pass
+        // with r columns instead of `k`.
+        let core = product(
+            widen(h.transpose()).as_ref(),
+            widen(x.as_ref()).as_ref(),
+            Par::Seq,
+        );
+        (core, h.transpose().to_owned(), LeftFactor::Basis(x))
     };
-    let r_sketch = if opts.power_iters == 0 {
-        right.as_ref()
-    } else {
-        right.transpose()
-    };
-    let c = product(w, x.as_ref(), par);
-    check_finite(c.as_ref())?;
 
-    // Core Ψᵀ C in f64, then its rank-r truncated, regularised pseudo-inverse.
-    let psi64 = widen(psi.as_ref());
-    let c64 = widen(c.as_ref());
-    let core = product(psi64.transpose(), c64.as_ref(), par);
+    // Rank-r truncated, regularised pseudo-inverse of the core.
     let svd = core
         .thin_svd()
         .map_err(|_| LoraxError::Numerical("SVD of the Nyström core did not converge".into()))?;
@@ -229,8 +235,14 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
 
     let v_r = narrow::<T>(svd.V().get(.., ..r));
     let u_r = narrow::<T>(svd.U().get(.., ..r));
-    let b = dense_product(c.as_ref(), v_r.as_ref(), par);
-    let a = dense_product(u_r.transpose(), r_sketch, par);
+    let b = match left_input {
+        LeftFactor::Sketch(c) => dense_product(c.as_ref(), v_r.as_ref(), par),
+        LeftFactor::Basis(x) => {
+            let xv = product(x.as_ref(), v_r.as_ref(), par);
+            dense_product(w, xv.as_ref(), par)
+        }
+    };
+    let a = dense_product(u_r.transpose(), right.as_ref(), par);
     let n_mat = Mat::<T>::from_fn(r, r, |i, j| {
         if i == j {
             T::from_f64(inv[i])
@@ -255,7 +267,15 @@ pub fn nystrom_mat<T: Real>(w: MatRef<'_, T>, opts: &NystromOptions) -> Result<N
     Ok(factors)
 }
 
-/// `lhs · rhs` into a new matrix.
+/// What the left factor `W X V_r` is computed from.
+enum LeftFactor<T> {
+    /// The sketch `C = W X` itself (no power steps): `B = C V_r`.
+    Sketch(Mat<T>),
+    /// The orthonormal right basis `X` (after power steps): `B = W (X V_r)`, one pass over W.
+    Basis(Mat<T>),
+}
+
+/// `lhs · rhs` into a new column-major matrix.
 ///
 /// faer's GEMM is fastest with a column-major left operand. A row-major `lhs` (the usual
 /// `W` from NumPy or PyTorch) is multiplied as `(rhsᵀ lhsᵀ)ᵀ`, where `lhsᵀ` is column-major:
