@@ -24,6 +24,7 @@ __all__ = [
     "TwoNNOptions",
     "__version__",
     "_importance_update_f32",
+    "_move_slots_f32",
     "adalora_budget",
     "elalora_budget",
     "estimate_id",
@@ -196,3 +197,10 @@ def adalora_budget(
     t: int, *, total_steps: int, t_init: int, t_final: int, init_total: int, target_total: int
 ) -> int: ...
 def elalora_budget(t: int, *, total_steps: int, t_init: int, t_final: int, b0: int) -> int: ...
+
+# --- rank-slot moves on CPU buffers (rust/py/src/slots.rs) ---
+
+def _move_slots_f32(moves: list[tuple[int, int, int, int, list[int], int]]) -> None:
+    """Private to ``lorax_core.kernels``: ``(address, rows, cols, rank_dim, perm, n_keep)`` of
+    live, distinct float32 CPU tensors; each is permuted along its rank axis and zeroed from
+    ``n_keep`` on, in place. ``ValueError`` (nothing written) for a bad move."""

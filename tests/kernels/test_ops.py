@@ -261,6 +261,84 @@ def test_cpu_loop_rejects_overlapping_or_bad_buffers() -> None:
         torch.testing.assert_close(t, b, rtol=0, atol=0)
 
 
+def _moved(tensor: torch.Tensor, perm: list[int], dim: int, n_keep: int) -> torch.Tensor:
+    """The definition of a slot move: ``index_select`` along ``dim``, zeros from ``n_keep``."""
+    out = tensor.index_select(dim, torch.tensor(perm, dtype=torch.long)).clone()
+    out.narrow(
+        dim,
+        min(max(n_keep, 0), out.shape[dim]),
+        out.shape[dim] - min(max(n_keep, 0), out.shape[dim]),
+    ).zero_()
+    return out
+
+
+@given(
+    shapes=st.lists(
+        st.tuples(st.integers(1, 9), st.integers(1, 9), st.sampled_from([0, 1, -1])),
+        min_size=1,
+        max_size=6,
+    ),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cpu_slot_moves_equal_index_select_and_zero_fill(shapes, seed) -> None:  # type: ignore[no-untyped-def]
+    # dim -1 stands for a 1-D tensor (lora_E) with its rank axis 0.
+    rng = np.random.default_rng(seed)
+    moves, want = [], []
+    for rows, cols, dim in shapes:
+        t = torch.from_numpy(
+            rng.standard_normal((rows, cols) if dim >= 0 else rows).astype(np.float32)
+        )
+        axis = max(dim, 0)
+        size = t.shape[axis]
+        perm = (rng.permutation(size) if rng.random() < 0.7 else np.arange(size)).tolist()
+        n_keep = int(rng.integers(-1, size + 2))
+        want.append(_moved(t, perm, axis, n_keep))
+        moves.append((t, perm, axis, n_keep))
+    assert kernels.move_slots_(moves)
+    for (t, *_), w in zip(moves, want, strict=True):
+        assert torch.equal(t, w)
+
+
+def test_cpu_slot_moves_of_other_tensors_are_left_to_torch() -> None:
+    class Wrapped(torch.Tensor):
+        pass
+
+    others = [
+        torch.rand(4, 3, dtype=torch.float64),
+        torch.rand(3, 4).T,  # not contiguous
+        torch.rand(2, 4, 3),
+        torch.rand(4, 3).as_subclass(Wrapped),
+    ]
+    for t in others:
+        before = t.clone()
+        assert not kernels.move_slots_(
+            [(torch.rand(4, 3), [1, 0, 2, 3], 0, 2), (t, [1, 0, 2, 3], 0, 2)]
+        )
+        assert torch.equal(t, before)
+    assert not kernels.move_slots_([])
+
+
+def test_cpu_slot_moves_reject_bad_moves_writing_nothing() -> None:
+    from lorax_core import _core
+
+    a, b = torch.rand(4, 3), torch.rand(5, 4)
+    before = (a.clone(), b.clone())
+    bad = {
+        "not a permutation": [(a, [0, 0, 1, 2], 0, 4)],
+        "perm must have": [(a, [0, 1, 2], 0, 4)],
+        "overlaps": [(a, [1, 0, 2, 3], 0, 4), (a.view(-1)[3:9].view(2, 3), [1, 0], 0, 2)],
+    }
+    for match, moves in bad.items():
+        with pytest.raises(ValueError, match=match):
+            kernels.move_slots_([(b, [3, 2, 1, 0], 1, 2), *moves])
+    with pytest.raises(ValueError, match="rank_dim"):
+        _core._move_slots_f32([(a.data_ptr(), 4, 3, 2, [0, 1, 2, 3], 4)])
+    with pytest.raises(ValueError, match="null"):
+        _core._move_slots_f32([(0, 4, 3, 0, [0, 1, 2, 3], 4)])
+    for t, w in zip((a, b), before, strict=True):
+        assert torch.equal(t, w)
+
+
 def _svd_modules_with_grads(device: str) -> dict:  # type: ignore[type-arg]
     """Five small SVD adapters on ``device`` with random gradients on every parameter."""
     from lorax_core.adapters import SVDLinear

@@ -160,9 +160,7 @@ def nystrom(
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = np.ascontiguousarray(array)
     try:
-        B, N, A = _core.nystrom(
-            array, r, oversample=oversample, power_iters=power_iters, seed=seed
-        )
+        B, N, A = _core.nystrom(array, r, oversample=oversample, power_iters=power_iters, seed=seed)
     except ValueError as err:
         raise ValueError(f"nystrom: {err}") from None
     return tuple(  # type: ignore[return-value]

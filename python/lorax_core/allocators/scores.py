@@ -236,7 +236,9 @@ def permute_rank_axes_(moves: Sequence[SlotMove]) -> None:
     """In place, for every ``(tensor, perm, dim, n_keep)``: ``tensor`` along ``dim`` becomes
     ``tensor.index_select(dim, perm)`` with the slots ``≥ n_keep`` set to zero.
 
-    Batched: tensors of one shape, dtype, device and ``dim`` are stacked (at most
+    Plain float32 CPU tensors (every tensor of a CPU float32 run) are moved by one call into
+    the Rust core (:func:`lorax_core.kernels.move_slots_`). Otherwise, batched: tensors of one
+    shape, dtype, device and ``dim`` are stacked (at most
     ``_BATCH_ELEMENTS`` elements at a time) and moved by one ``gather``, one ``masked_fill_``
     and one ``_foreach_copy_``, so the cost does not grow with the number of tensors in Python
     operations. A tensor whose ``perm`` is the identity (most of them on most allocation steps)
@@ -245,13 +247,17 @@ def permute_rank_axes_(moves: Sequence[SlotMove]) -> None:
     ``index_select``. A tensor must appear at most once; ``perm`` has ``tensor.shape[dim]``
     entries.
     """
+    for tensor, perm, dim, _ in moves:
+        size = tensor.shape[dim]
+        if len(perm) != size:
+            raise ValueError(f"permute_rank_axes_: perm must have {size} entries, got {len(perm)}")
+    if kernels.move_slots_(moves):  # float32 CPU tensors: one pass in the Rust core
+        return
     groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device, int], list[SlotMove]] = {}
     tails: list[torch.Tensor] = []  # the slots ≥ n_keep of the tensors that stay in place
     for move in moves:
         tensor, perm, dim, n_keep = move
         size = tensor.shape[dim]
-        if len(perm) != size:
-            raise ValueError(f"permute_rank_axes_: perm must have {size} entries, got {len(perm)}")
         if list(perm) == list(range(size)):
             start = max(n_keep, 0)
             if start < size:

@@ -2,6 +2,8 @@
 
 - :func:`importance_update_`: the AdaLoRA/ElaLoRA importance EMAs and per-rank scores of every
   adapter tensor in one launch (on CPU, one call into the Rust core for float32 tensors);
+- :func:`move_slots_`: an allocation step's rank-slot moves of float32 CPU tensors in one call
+  into the Rust core;
 - :func:`dora_row_norm`: DoRA's ``‖W + s·B A‖_row`` in one read of W;
 - :mod:`lorax_core.kernels.knn`: exact kNN in chunks on a torch device (the GPU path of
   :mod:`lorax_core.id`);
@@ -22,6 +24,7 @@ from lorax_core.kernels.ops import (
     dora_row_norm,
     fuses_importance,
     importance_update_,
+    move_slots_,
     uses_kernel,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "fuses_importance",
     "importance_update_",
     "load",
+    "move_slots_",
     "reference",
     "status",
     "uses_kernel",

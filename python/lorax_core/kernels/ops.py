@@ -131,6 +131,39 @@ def _cpu_buffers(
     return out
 
 
+def move_slots_(moves: Sequence[tuple[torch.Tensor, Sequence[int], int, int]]) -> bool:
+    """An allocation step's rank-slot moves in one call into the Rust core, when every tensor
+    is a plain (not a subclass such as ``DTensor``), C-contiguous float32 CPU tensor of at most
+    two dimensions. Each ``(tensor, perm, dim, n_keep)``: ``tensor`` along ``dim`` becomes
+    ``tensor.index_select(dim, perm)`` with the slots ``≥ n_keep`` zeroed, value for value.
+
+    Returns ``False`` (nothing moved) when any tensor does not qualify; the caller then takes
+    the torch path. Raises ``ValueError`` (nothing moved) for a ``perm`` that is not a
+    permutation of the axis or tensors that share memory.
+    """
+    if not moves:
+        return False
+    buffers = []
+    for tensor, perm, dim, n_keep in moves:
+        if (
+            type(tensor) not in _PLAIN
+            or tensor.dtype != torch.float32
+            or not tensor.is_cpu
+            or tensor.dim() > 2
+            or not tensor.is_contiguous()
+        ):
+            return False
+        rows, cols = (
+            (tensor.shape[0], tensor.shape[1]) if tensor.dim() == 2 else (tensor.numel(), 1)
+        )
+        if dim not in (0, 1) or (tensor.dim() < 2 and dim != 0):
+            return False
+        buffers.append((tensor.data_ptr(), rows, cols, dim, list(perm), max(int(n_keep), 0)))
+    # The tensors stay referenced (and the GIL held) for the whole call.
+    _core._move_slots_f32(buffers)
+    return True
+
+
 @torch.no_grad()
 def importance_update_(
     params: Sequence[torch.Tensor],

@@ -1,7 +1,7 @@
 //! `lorax_core._core`: thin PyO3 bindings over the `lorax-core` crate.
 //!
 //! No numerics live here: each submodule converts arguments, releases the
-//! GIL (except `importance`, whose borrowed tensor buffers must stay untouched
+//! GIL (except `importance` and `slots`, whose borrowed tensor buffers must stay untouched
 //! by Python during the call), calls into the core crate and maps its errors
 //! to Python exceptions.
 
@@ -9,10 +9,12 @@ use pyo3::prelude::*;
 
 mod allocator;
 mod arrays;
+mod buffers;
 mod errors;
 mod id;
 mod importance;
 mod nystrom;
+mod slots;
 
 /// The extension module: every class and function of the binding files.
 #[pymodule]
@@ -31,6 +33,8 @@ mod _core {
     use crate::importance::importance_update_f32;
     #[pymodule_export]
     use crate::nystrom::{nystrom, PyNystromFactors};
+    #[pymodule_export]
+    use crate::slots::move_slots_f32;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

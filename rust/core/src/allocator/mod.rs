@@ -13,6 +13,7 @@ pub mod adalora;
 pub mod elalora;
 pub mod importance;
 pub mod schedule;
+pub mod slots;
 pub mod state;
 
 use std::cmp::Ordering;
