@@ -212,6 +212,31 @@ def test_cpu_float32_update_equals_the_torch_reference(rows, cols, beta1, beta2,
     torch.testing.assert_close(scores, want, rtol=1e-5, atol=1e-7)
 
 
+def test_cpu_float32_update_without_scores_runs_the_rust_pass(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No scores asked for (an allocator with a parameter lacking its gradient): the EMAs still
+    take the Rust pass, and equal the torch reference."""
+    from lorax_core import _core
+    from lorax_core.kernels import ops
+
+    calls, real = [], _core._importance_update_f32
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(ops._core, "_importance_update_f32", spy)
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(7, 5), (7,), (5, 7)]
+    made = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+    emas = [[torch.rand(s, generator=gen) for s in shapes] for _ in range(2)]
+    ref = [[t.clone() for t in e] for e in emas]
+    assert not kernels.importance_update_(*made, *emas, 0.85, 0.3, rank_dims=[0, 0, 1])
+    reference.importance_update_(*made, *ref, 0.85, 0.3)
+    assert len(calls) == 1 and all(t[6] == -1 for t in calls[0][0])  # nothing scored
+    for got, exp in zip(emas[0] + emas[1], ref[0] + ref[1], strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-6, atol=1e-7)
+
+
 def test_cpu_update_of_other_dtypes_and_subclasses_takes_the_reference() -> None:
     params, grads, ipt, unc, dims, offsets, total = _setup(torch.float64, "cpu")
     scores = torch.empty(total, dtype=torch.float32)

@@ -182,21 +182,24 @@ def importance_update_(
     same pass (:func:`lorax_core.kernels.reference.rank_scores_`).
 
     One kernel launch on CUDA (parameter and EMA dtypes float32/float16/bfloat16, EMAs
-    contiguous); one call into the Rust core for C-contiguous float32 CPU tensors when
-    ``scores`` is given; the ``torch._foreach`` reference elsewhere. Returns whether ``scores``
-    was filled (always, when given).
+    contiguous); one call into the Rust core for C-contiguous float32 CPU tensors (the EMAs
+    alone when ``scores`` is not given); the ``torch._foreach`` reference elsewhere. Returns
+    whether ``scores`` was filled (always, when given).
     """
     n = len(params)
-    dims = list(rank_dims) if rank_dims is not None else [-1] * n
+    dims = list(rank_dims) if rank_dims is not None and scores is not None else [-1] * n
     offsets = list(score_offsets) if score_offsets is not None else [0] * n
-    if scores is not None and scores.is_cpu:
+    on_cpu = scores.is_cpu if scores is not None else n > 0 and params[0].is_cpu
+    if on_cpu:
         buffers = _cpu_buffers(params, grads, ipt, unc, dims, offsets)
-        if buffers is not None and scores.dtype == torch.float32 and scores.is_contiguous():
-            # The tensors stay referenced (and the GIL held) for the whole call.
-            _core._importance_update_f32(
-                buffers, scores.data_ptr(), scores.numel(), float(beta1), float(beta2)
-            )
-            return True
+        if buffers is not None and (
+            scores is None or (scores.dtype == torch.float32 and scores.is_contiguous())
+        ):
+            # The tensors stay referenced (and the GIL held) for the whole call. Without
+            # scores the pass updates the EMAs only (no tensor is scored).
+            address, length = (scores.data_ptr(), scores.numel()) if scores is not None else (0, 0)
+            _core._importance_update_f32(buffers, address, length, float(beta1), float(beta2))
+            return scores is not None
     elif (
         n > 0
         and scores is not None
