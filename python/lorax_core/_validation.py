@@ -68,11 +68,15 @@ Closed = Literal["both", "left", "right", "neither"]
 
 def is_integer(value: object) -> bool:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    if type(value) is int:  # the common case, without the ABC check
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real(value: object) -> bool:
     """Whether ``value`` is a real number (Python or NumPy), not a bool."""
+    if type(value) is float or type(value) is int:  # the common cases, without the ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
