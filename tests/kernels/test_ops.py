@@ -237,6 +237,46 @@ def test_cpu_float32_update_without_scores_runs_the_rust_pass(monkeypatch) -> No
         torch.testing.assert_close(got, exp, rtol=1e-6, atol=1e-7)
 
 
+def test_cpu_pass_checked_once_skips_missing_gradients_and_refuses_other_tensors() -> None:
+    gen = torch.Generator().manual_seed(5)
+    shapes, dims = [(6, 4), (6,), (4, 6)], [0, 0, 1]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads: list[torch.Tensor | None] = [torch.randn(s, generator=gen) for s in shapes]
+    ipt, unc = ([torch.rand(s, generator=gen) for s in shapes] for _ in range(2))
+    ref_ipt, ref_unc = [t.clone() for t in ipt], [t.clone() for t in unc]
+    cpu_pass = kernels.CpuImportancePass(ipt, unc, dims, [0, 0, 0], torch.zeros(6))
+    assert cpu_pass.ready
+    grads[1] = None  # E without a gradient: its EMAs stay as they are
+    assert cpu_pass.update_(params, grads, 0.85, 0.6)
+    kept = [0, 2]
+    reference.importance_update_(
+        [params[i] for i in kept],
+        [grads[i] for i in kept],
+        [ref_ipt[i] for i in kept],
+        [ref_unc[i] for i in kept],
+        0.85,
+        0.6,
+    )
+    for got, want in zip(ipt + unc, ref_ipt + ref_unc, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # Parameters or gradients the Rust pass may not read: refused, nothing written.
+    before = [t.clone() for t in ipt + unc]
+    for bad in (params[0].double(), params[0].T, torch.randn(5, 4)):
+        assert not cpu_pass.update_([bad, *params[1:]], [grads[0], None, grads[2]], 0.85, 0.6)
+        assert not cpu_pass.update_(params, [bad, None, grads[2]], 0.85, 0.6)
+    assert not cpu_pass.update_(params[:2], grads[:2], 0.85, 0.6)
+    for got, want in zip(ipt + unc, before, strict=True):
+        assert torch.equal(got, want)
+    # EMAs and scores it may not write: not ready.
+    for emas, scores in (
+        ([t.double() for t in ipt], torch.zeros(6)),
+        ([ipt[0].T.contiguous().T, *ipt[1:]], torch.zeros(6)),
+        ([torch.rand(6, 5), *ipt[1:]], torch.zeros(6)),
+        (ipt, torch.zeros(6, dtype=torch.float64)),
+    ):
+        assert not kernels.CpuImportancePass(emas, unc, dims, [0, 0, 0], scores).ready
+
+
 def test_cpu_update_of_other_dtypes_and_subclasses_takes_the_reference() -> None:
     params, grads, ipt, unc, dims, offsets, total = _setup(torch.float64, "cpu")
     scores = torch.empty(total, dtype=torch.float32)

@@ -97,6 +97,14 @@ class ImportanceScores:
         ]
         device = next(iter(self.modules.values())).lora_A.device if self.modules else None
         self._scores = torch.zeros(total, dtype=torch.float32, device=device)
+        # On the CPU in float32: the Rust pass with the EMAs and scores checked once.
+        self._cpu_pass = kernels.CpuImportancePass(
+            [a for _, _, a, _, _, _ in self._slots],
+            [b for _, _, _, b, _, _ in self._slots],
+            [dim for *_, dim, _ in self._slots],
+            [off for *_, off in self._slots],
+            self._scores,
+        )
         self._fresh = False
 
     def update(self) -> None:
@@ -105,18 +113,22 @@ class ImportanceScores:
         Parameters without a gradient are skipped. The fused kernel fills the per-rank scores
         in the same pass (used by :meth:`rank_scores` until the next change of the EMAs).
         """
+        every = [getattr(module, p_name) for module, p_name, *_ in self._slots]
+        every_grad = [p.grad for p in every]
+        complete = all(g is not None for g in every_grad)
+        if self._cpu_pass.update_(every, every_grad, self.beta1, self.beta2):
+            self._fresh = complete  # a skipped tensor leaves its module's scores incomplete
+            return
         params, grads, ipt, unc, dims, offsets = [], [], [], [], [], []
-        for module, p_name, a, b, dim, offset in self._slots:
-            p = getattr(module, p_name)
-            if p.grad is None:
+        for p, g, (_, _, a, b, dim, offset) in zip(every, every_grad, self._slots, strict=True):
+            if g is None:
                 continue
             params.append(p)
-            grads.append(p.grad)
+            grads.append(g)
             ipt.append(a)
             unc.append(b)
             dims.append(dim)
             offsets.append(offset)
-        complete = len(params) == len(RANK_AXES) * len(self.modules)
         fused = complete and kernels.fuses_importance(self._scores, *params)
         kernels.importance_update_(
             params,

@@ -21,6 +21,7 @@ from lorax_core.kernels import reference
 from lorax_core.kernels._loader import DISABLE_ENV, build, disabled, load, status
 from lorax_core.kernels.ops import (
     KERNEL_DTYPES,
+    CpuImportancePass,
     dora_row_norm,
     fuses_importance,
     importance_update_,
@@ -31,6 +32,7 @@ from lorax_core.kernels.ops import (
 __all__ = [
     "DISABLE_ENV",
     "KERNEL_DTYPES",
+    "CpuImportancePass",
     "build",
     "disabled",
     "dora_row_norm",

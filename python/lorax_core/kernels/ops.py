@@ -95,40 +95,92 @@ def fuses_importance(scores: torch.Tensor, *params: torch.Tensor) -> bool:
     )
 
 
-def _cpu_buffers(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    ipt: Sequence[torch.Tensor],
-    unc: Sequence[torch.Tensor],
-    rank_dims: Sequence[int],
-    score_offsets: Sequence[int],
-) -> list[tuple[int, int, int, int, int, int, int, int]] | None:
-    """The Rust loop's view of the tensors — ``(param, grad, ipt, unc)`` addresses, ``rows``,
-    ``cols``, rank axis, score offset — or ``None`` unless every tensor is a plain (not a
-    subclass such as ``DTensor``), C-contiguous float32 CPU tensor of at most two dimensions and
-    each quadruple has one shape."""
-    f32, plain = torch.float32, _PLAIN
-    out = []
-    for p, g, a, b, dim, off in zip(params, grads, ipt, unc, rank_dims, score_offsets, strict=True):
-        shape = p.shape
-        if (
-            len(shape) > 2
-            or type(p) not in plain
-            or type(g) not in plain
-            or type(a) not in plain
-            or type(b) not in plain
-            or not (p.dtype == g.dtype == a.dtype == b.dtype == f32)
-            or not (p.is_cpu and g.is_cpu and a.is_cpu and b.is_cpu)
-            or not (shape == g.shape == a.shape == b.shape)
-            or not (
-                p.is_contiguous() and g.is_contiguous() and a.is_contiguous() and b.is_contiguous()
-            )
+def _plain_f32_cpu(t: torch.Tensor) -> bool:
+    """A plain (not a subclass such as ``DTensor``), C-contiguous float32 CPU tensor of at most
+    two dimensions: memory the Rust core may read by address."""
+    return (
+        type(t) in _PLAIN
+        and t.dtype == torch.float32
+        and t.is_cpu
+        and t.dim() <= 2
+        and t.is_contiguous()
+    )
+
+
+class CpuImportancePass:
+    """The Rust importance pass over fixed EMAs (and scores), checked once.
+
+    ``ipt``, ``unc``, ``rank_dims``, ``score_offsets`` and ``scores`` (``None``: EMAs only) are
+    checked here — each EMA a plain, C-contiguous float32 CPU tensor of at most two dimensions,
+    ``ipt[i]`` and ``unc[i]`` of one shape, ``scores`` float32, contiguous and on the CPU — and
+    kept referenced, so their addresses stay valid; :meth:`update_` then checks only the
+    parameters and gradients of the step. The EMAs may be updated in place but must not be
+    given new storage while the pass is in use. ``ready`` says whether the checks passed.
+    """
+
+    def __init__(
+        self,
+        ipt: Sequence[torch.Tensor],
+        unc: Sequence[torch.Tensor],
+        rank_dims: Sequence[int],
+        score_offsets: Sequence[int],
+        scores: torch.Tensor | None,
+    ) -> None:
+        self._kept = (list(ipt), list(unc), scores)
+        self._static: list[tuple[torch.Size, int, int, int, int, int, int]] = []
+        self._scores = (0, 0)
+        self.ready = False
+        if scores is not None:
+            if not (type(scores) in _PLAIN and scores.dtype == torch.float32):
+                return
+            if not (scores.is_cpu and scores.is_contiguous()):
+                return
+            self._scores = (scores.data_ptr(), scores.numel())
+        for a, b, dim, off in zip(ipt, unc, rank_dims, score_offsets, strict=True):
+            if not (_plain_f32_cpu(a) and _plain_f32_cpu(b) and a.shape == b.shape):
+                return
+            shape = a.shape
+            rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (a.numel(), 1)
+            axis = dim if len(shape) == 2 or dim < 0 else 0
+            self._static.append((shape, a.data_ptr(), b.data_ptr(), rows, cols, axis, off))
+        self.ready = True
+
+    def update_(
+        self,
+        params: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        beta1: float,
+        beta2: float,
+    ) -> bool:
+        """One step: the EMAs in place (and the scores, if given) from ``params`` and ``grads``
+        (one per EMA pair, in order; a ``None`` gradient leaves its EMAs alone and its tensor
+        out of the scores). Returns ``False`` (nothing written) when the pass is not ready or a
+        parameter or gradient is not a plain C-contiguous float32 CPU tensor of its EMA's
+        shape."""
+        if not self.ready or len(params) != len(self._static) or len(grads) != len(params):
+            return False
+        f32, plain = torch.float32, _PLAIN
+        buffers = []
+        for p, g, (shape, a, b, rows, cols, axis, off) in zip(
+            params, grads, self._static, strict=True
         ):
-            return None
-        rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (p.numel(), 1)
-        ptrs = (p.data_ptr(), g.data_ptr(), a.data_ptr(), b.data_ptr())
-        out.append((*ptrs, rows, cols, dim if len(shape) == 2 or dim < 0 else 0, off))
-    return out
+            if g is None:
+                continue
+            if (
+                type(p) not in plain
+                or type(g) not in plain
+                or p.dtype != f32
+                or g.dtype != f32
+                or not (p.is_cpu and g.is_cpu)
+                or p.shape != shape
+                or g.shape != shape
+                or not (p.is_contiguous() and g.is_contiguous())
+            ):
+                return False
+            buffers.append((p.data_ptr(), g.data_ptr(), a, b, rows, cols, axis, off))
+        # Every tensor stays referenced (and the GIL held) for the whole call.
+        _core._importance_update_f32(buffers, *self._scores, float(beta1), float(beta2))
+        return True
 
 
 def move_slots_(moves: Sequence[tuple[torch.Tensor, Sequence[int], int, int]]) -> bool:
@@ -191,14 +243,8 @@ def importance_update_(
     offsets = list(score_offsets) if score_offsets is not None else [0] * n
     on_cpu = scores.is_cpu if scores is not None else n > 0 and params[0].is_cpu
     if on_cpu:
-        buffers = _cpu_buffers(params, grads, ipt, unc, dims, offsets)
-        if buffers is not None and (
-            scores is None or (scores.dtype == torch.float32 and scores.is_contiguous())
-        ):
-            # The tensors stay referenced (and the GIL held) for the whole call. Without
-            # scores the pass updates the EMAs only (no tensor is scored).
-            address, length = (scores.data_ptr(), scores.numel()) if scores is not None else (0, 0)
-            _core._importance_update_f32(buffers, address, length, float(beta1), float(beta2))
+        # Without scores the pass updates the EMAs only (no tensor is scored).
+        if CpuImportancePass(ipt, unc, dims, offsets, scores).update_(params, grads, beta1, beta2):
             return scores is not None
     elif (
         n > 0
