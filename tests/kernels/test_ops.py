@@ -390,6 +390,7 @@ def test_cpu_slot_moves_reject_bad_moves_writing_nothing() -> None:
     before = (a.clone(), b.clone())
     bad = {
         "not a permutation": [(a, [0, 0, 1, 2], 0, 4)],
+        "negative entry": [(a, [0, -1, 1, 2], 0, 4)],
         "perm must have": [(a, [0, 1, 2], 0, 4)],
         "overlaps": [(a, [1, 0, 2, 3], 0, 4), (a.view(-1)[3:9].view(2, 3), [1, 0], 0, 2)],
     }

@@ -212,7 +212,10 @@ def move_slots_(moves: Sequence[tuple[torch.Tensor, Sequence[int], int, int]]) -
             return False
         buffers.append((tensor.data_ptr(), rows, cols, dim, list(perm), max(int(n_keep), 0)))
     # The tensors stay referenced (and the GIL held) for the whole call.
-    _core._move_slots_f32(buffers)
+    try:
+        _core._move_slots_f32(buffers)
+    except OverflowError:  # a negative index does not convert to a slot number
+        raise ValueError("move_slots_: perm is not a permutation (negative entry)") from None
     return True
 
 
