@@ -267,6 +267,9 @@ def test_cpu_pass_checked_once_skips_missing_gradients_and_refuses_other_tensors
     assert not cpu_pass.update_(params[:2], grads[:2], 0.85, 0.6)
     for got, want in zip(ipt + unc, before, strict=True):
         assert torch.equal(got, want)
+    # An EMA given new storage after the checks: the pass turns the step down.
+    unc[2].resize_(40, 40)
+    assert not cpu_pass.update_(params, grads, 0.85, 0.6)
     # EMAs and scores it may not write: not ready.
     for emas, scores in (
         ([t.double() for t in ipt], torch.zeros(6)),

@@ -113,9 +113,10 @@ class CpuImportancePass:
     ``ipt``, ``unc``, ``rank_dims``, ``score_offsets`` and ``scores`` (``None``: EMAs only) are
     checked here — each EMA a plain, C-contiguous float32 CPU tensor of at most two dimensions,
     ``ipt[i]`` and ``unc[i]`` of one shape, ``scores`` float32, contiguous and on the CPU — and
-    kept referenced, so their addresses stay valid; :meth:`update_` then checks only the
-    parameters and gradients of the step. The EMAs may be updated in place but must not be
-    given new storage while the pass is in use. ``ready`` says whether the checks passed.
+    kept referenced, so their memory stays allocated; :meth:`update_` then checks the
+    parameters and gradients of the step, and only that each EMA's address is the one checked
+    (an EMA given new storage since, by ``resize_`` or ``set_``, turns the pass down).
+    ``ready`` says whether the checks passed.
     """
 
     def __init__(
@@ -126,7 +127,8 @@ class CpuImportancePass:
         score_offsets: Sequence[int],
         scores: torch.Tensor | None,
     ) -> None:
-        self._kept = (list(ipt), list(unc), scores)
+        self._kept = [*ipt, *unc, *([scores] if scores is not None else [])]
+        self._addresses: list[int] = []
         self._static: list[tuple[torch.Size, int, int, int, int, int, int]] = []
         self._scores = (0, 0)
         self.ready = False
@@ -143,6 +145,7 @@ class CpuImportancePass:
             rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (a.numel(), 1)
             axis = dim if len(shape) == 2 or dim < 0 else 0
             self._static.append((shape, a.data_ptr(), b.data_ptr(), rows, cols, axis, off))
+        self._addresses = [t.data_ptr() for t in self._kept]
         self.ready = True
 
     def update_(
@@ -158,6 +161,8 @@ class CpuImportancePass:
         parameter or gradient is not a plain C-contiguous float32 CPU tensor of its EMA's
         shape."""
         if not self.ready or len(params) != len(self._static) or len(grads) != len(params):
+            return False
+        if any(t.data_ptr() != a for t, a in zip(self._kept, self._addresses, strict=True)):
             return False
         f32, plain = torch.float32, _PLAIN
         buffers = []
