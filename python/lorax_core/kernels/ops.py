@@ -133,9 +133,7 @@ class CpuImportancePass:
         self._scores = (0, 0)
         self.ready = False
         if scores is not None:
-            if not (type(scores) in _PLAIN and scores.dtype == torch.float32):
-                return
-            if not (scores.is_cpu and scores.is_contiguous()):
+            if not _plain_f32_cpu(scores):
                 return
             self._scores = (scores.data_ptr(), scores.numel())
         for a, b, dim, off in zip(ipt, unc, rank_dims, score_offsets, strict=True):
@@ -171,6 +169,8 @@ class CpuImportancePass:
         ):
             if g is None:
                 continue
+            # `_plain_f32_cpu` spelled out for the pair: the hot path of every ordinary step,
+            # and the shape test (against the EMA's) covers its dimension test.
             if (
                 type(p) not in plain
                 or type(g) not in plain
@@ -202,13 +202,7 @@ def move_slots_(moves: Sequence[tuple[torch.Tensor, Sequence[int], int, int]]) -
         return False
     buffers = []
     for tensor, perm, dim, n_keep in moves:
-        if (
-            type(tensor) not in _PLAIN
-            or tensor.dtype != torch.float32
-            or not tensor.is_cpu
-            or tensor.dim() > 2
-            or not tensor.is_contiguous()
-        ):
+        if not _plain_f32_cpu(tensor):
             return False
         rows, cols = (
             (tensor.shape[0], tensor.shape[1]) if tensor.dim() == 2 else (tensor.numel(), 1)
