@@ -3,6 +3,7 @@ timeout, with every collective under a timeout too, and report a worker's traceb
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import socket
@@ -56,6 +57,9 @@ def _entry(
         Path(out, f"error-rank{rank}.txt").write_text(traceback.format_exc(), encoding="utf-8")
         raise
     finally:
+        # FSDP2's state and the modules it wraps form reference cycles that hold the process
+        # group; freed at interpreter exit instead, gloo's teardown can abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -6,27 +6,17 @@ bit."""
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from lorax_core.training import BiDoRATrainer
+from tests.distributed._launch import spawn
 from tests.training._tiny import tiny_data, tiny_loss, tiny_model
 
 STEPS, RETRAIN, BATCH = 4, 2, 8
-TIMEOUT = timedelta(seconds=60)  # every collective fails after this instead of hanging
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -84,25 +74,19 @@ def _train(
     return params, history, epsilons
 
 
-def _worker(rank: int, port: int, out_dir: str, sharded: bool = False) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
-    try:
-        params, history, epsilons = _train(world=2, sharded=sharded)
-        extra = {
-            "history": torch.tensor(history["train_loss"] + history["val_loss"]),
-            "retrain": torch.tensor(history["retrain_loss"]),
-            "epsilons": torch.tensor(epsilons, dtype=torch.float64),
-        }
-        save_file({**params, **extra}, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int, out: Path, sharded: bool) -> None:
+    params, history, epsilons = _train(world=world, sharded=sharded)
+    extra = {
+        "history": torch.tensor(history["train_loss"] + history["val_loss"]),
+        "retrain": torch.tensor(history["retrain_loss"]),
+        "epsilons": torch.tensor(epsilons, dtype=torch.float64),
+    }
+    save_file({**params, **extra}, str(out / f"rank{rank}.safetensors"))
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicas", "fsdp2"])
 def test_two_gloo_processes_equal_one(tmp_path, sharded):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), sharded), nprocs=2, join=True)
+    spawn(_worker, 2, tmp_path, sharded)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
     for key in r0:  # identical on both processes, bit for bit
@@ -130,38 +114,30 @@ def _result(model: torch.nn.Module, history: dict[str, list[float]]) -> dict[str
     return out
 
 
-def _resume_worker(rank: int, port: int, out_dir: str) -> None:
+def _resume_worker(rank: int, world: int, out: Path) -> None:
     from lorax_core.training.distributed import load_run, save_run
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LORAX_COLLECTIVE_TIMEOUT="60")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
-    try:
+    model, trainer = _build(sharded=True)
+
+    def checkpoint(t) -> None:  # save_run on every process, mid-run
+        done = t.step_count + t.retrain_count
+        if done in SAVE_AT:
+            save_run(out / f"run-{done}", model, None, step=done, hook=t)
+
+    history = trainer.train(STEPS, progress=False, on_step=checkpoint)
+    save_file(_result(model, history), str(out / f"full-rank{rank}.safetensors"))
+    for done in SAVE_AT:  # a fresh model and trainer, restored from the files alone
         model, trainer = _build(sharded=True)
-
-        def checkpoint(t) -> None:  # save_run on every process, mid-run
-            done = t.step_count + t.retrain_count
-            if done in SAVE_AT:
-                save_run(os.path.join(out_dir, f"run-{done}"), model, None, step=done, hook=t)
-
-        history = trainer.train(STEPS, progress=False, on_step=checkpoint)
-        save_file(_result(model, history), os.path.join(out_dir, f"full-rank{rank}.safetensors"))
-        for done in SAVE_AT:  # a fresh model and trainer, restored from the files alone
-            model, trainer = _build(sharded=True)
-            step = load_run(os.path.join(out_dir, f"run-{done}"), model, None, hook=trainer)
-            assert step == done
-            history = trainer.train(STEPS, progress=False)
-            path = os.path.join(out_dir, f"resumed-{done}-rank{rank}.safetensors")
-            save_file(_result(model, history), path)
-    finally:
-        dist.destroy_process_group()
+        assert load_run(out / f"run-{done}", model, None, hook=trainer) == done
+        history = trainer.train(STEPS, progress=False)
+        save_file(_result(model, history), str(out / f"resumed-{done}-rank{rank}.safetensors"))
 
 
 def test_fsdp2_run_checkpoint_resumes_bit_for_bit(tmp_path):
     """Two FSDP2 processes save run checkpoints (DCP) of the trainer mid-way through each
     phase; fresh models and trainers loaded from them finish with the losses and weights of
     the uninterrupted run, bit for bit."""
-    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_resume_worker, 2, tmp_path)
     for rank in (0, 1):
         full = load_file(str(tmp_path / f"full-rank{rank}.safetensors"))
         assert full["history.train_loss"].numel() == STEPS
